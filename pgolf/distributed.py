@@ -1,0 +1,102 @@
+"""Process-group setup shared by every verb.
+
+`init_distributed()` reads torchrun's environment (RANK, WORLD_SIZE,
+LOCAL_RANK). Without it we run as a world of one and never create a process
+group, so every call below degenerates to a no-op: tests and laptops exercise
+the same code path as 8 GPUs. Backend: NCCL on CUDA, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+_STATE: Dist | None = None
+
+
+def init_distributed(device: str | None = None) -> Dist:
+    """Start (once) the process group torchrun asked for and pick the device."""
+    global _STATE
+    if _STATE is not None:
+        return _STATE
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    _STATE = Dist(rank, world_size, local_rank, dev)
+    return _STATE
+
+
+def get_dist() -> Dist:
+    return _STATE if _STATE is not None else init_distributed()
+
+
+def cleanup() -> None:
+    global _STATE
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    _STATE = None
+
+
+def is_main() -> bool:
+    return get_dist().is_main
+
+
+def print0(*args, **kwargs) -> None:
+    if is_main():
+        print(*args, **kwargs, flush=True)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place SUM across ranks (no-op on one process); returns `t`."""
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def broadcast_object(obj, src: int = 0):
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -1,0 +1,1 @@
+"""Quantization math (GPTQ, LQER, AWQ-lite), codecs and the artifact format."""

@@ -1,0 +1,1 @@
+"""Score-first test-time training: per-document LoRA, phased global SGD, peer ensemble."""
