@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import socket
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,26 +18,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgolf.config import EvalConfig, load_preset
+from pgolf.data import ValData, find_docs, load_val
+from pgolf.model import GPT
 from pgolf.evaluate import (eval_packed, eval_sliding, packed_batches, packed_cu_seqlens, rank_target_range,
                             sliding_windows)
 
 V = 64
 
 
-def make_val(doc_lens: list[int], seed: int = 0) -> SimpleNamespace:
+def make_val(doc_lens: list[int], seed: int = 0) -> ValData:
     """A val stream of documents [BOS] + body (len each), byte counts 1..4 per token, BOS 0."""
     g = torch.Generator().manual_seed(seed)
-    parts, docs, pos = [], [], 0
-    for n in doc_lens:
-        body = torch.randint(2, V, (n - 1,), generator=g)
-        parts.append(torch.cat([torch.tensor([1]), body]))
-        docs.append((pos, n + 1))  # spans [bos_i, bos_{i+1}] inclusive
-        pos += n
-    docs[-1] = (docs[-1][0], doc_lens[-1])
+    parts = [torch.cat([torch.tensor([1]), torch.randint(2, V, (n - 1,), generator=g)]) for n in doc_lens]
     tokens = torch.cat(parts).long()
     token_bytes = torch.randint(1, 5, tokens.shape, generator=g).int()
     token_bytes[tokens == 1] = 0
-    return SimpleNamespace(tokens=tokens, token_bytes=token_bytes, docs=docs, num_targets=tokens.numel() - 1)
+    return ValData(tokens=tokens, token_bytes=token_bytes, docs=find_docs(tokens))
 
 
 class PrefixMeanLM(nn.Module):
@@ -218,8 +213,6 @@ def test_sliding_eval_is_the_configs_switch():
 
 # --------------------------------------------------------------------------- the tiny GPT
 def test_packed_eval_equals_per_document_loop_on_tiny_gpt():
-    from pgolf.model import GPT
-
     cfg = load_preset("tiny")
     model = GPT(cfg.model)
     val = make_val([40, 3, 100, 17, 64])
@@ -234,6 +227,15 @@ def test_packed_eval_equals_per_document_loop_on_tiny_gpt():
         ref = per_piece_nll(model.eval(), val.tokens, start, start + length - 1)
         got = torch.tensor([seen[t] for t in range(start, start + length - 1)])
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_packed_eval_on_prepared_data_counts_every_target_and_byte(tiny_data):
+    cfg = load_preset("tiny")
+    val = load_val(tiny_data, val_docs_limit=6)
+    meter = eval_packed(GPT(cfg.model), val, EvalConfig(eval_seq_len=64, val_batch_tokens=256))
+    assert meter.num_tokens == val.num_targets
+    assert meter.sum_bytes == val.target_bytes_total > 0
+    assert 0 < meter.bpb() < 2 * math.log2(cfg.model.vocab_size) * val.num_targets / val.target_bytes_total
 
 
 # --------------------------------------------------------------------------- distributed parity
