@@ -33,7 +33,7 @@ def _qstate(num_layers: int = 2, d: int = 16, hidden: int = 32, vocab: int = 40)
         t[p + "attn.attn_gate_w.q"] = q(4, 8, 127)
         t[p + "attn_scale"] = torch.rand(d, generator=g).half()
         t[p + "attn.q_gain"] = torch.rand(4, generator=g)
-    t["blocks.1.mlp.fc.weight.lqer_a"] = torch.randint(0, 255, (hidden, 1), generator=g, dtype=torch.uint8)
+    t["blocks.1.mlp.fc.weight.lqA_a"] = torch.randint(-2, 2, (hidden, 4), generator=g, dtype=torch.int8)
     t["skip_weights"] = torch.rand(1, d, generator=g).bfloat16()
     t["smear_lambda"] = torch.tensor(0.25)
     t["empty"] = torch.zeros(0, 3)
@@ -59,6 +59,7 @@ def test_role_of_picks_only_int8_role_matrices():
     assert pergroup.role_of("blocks.0.attn.c_k.weight.q", i8.half()) is None     # not int8
     assert pergroup.role_of("blocks.0.attn.c_k.weight.scale", i8[0]) is None     # not 2-D
     assert pergroup.role_of("blocks.0.attn.attn_gate_w.q", i8) is None           # not a role
+    assert pergroup.role_of("blocks.0.mlp.fc.weight.lqA_a", i8) is None          # LQER factor: remainder
     assert pergroup.role_of("blocks.0.tok_emb.weight", i8) is None
 
 

@@ -35,16 +35,17 @@ ROLES = ("tok_emb", "attn.c_k", "attn.c_q", "attn.c_v", "attn.proj", "mlp.fc", "
 SIMSORT_ROLES = frozenset({"tok_emb", "attn.c_q", "mlp.fc"})
 """Roles whose rows get the L1 similarity order (the record's choice: the widest / most rows)."""
 
-# `blocks.3.mlp.fc.weight` plus an optional suffix the quantizer adds (`.q`, ...).
-_ROLE_RE = re.compile(r"^(?:blocks\.(\d+)\.)?(" + "|".join(re.escape(r) for r in ROLES) + r")\.weight(\.\w+)?$")
+# `blocks.3.mlp.fc.weight` or the quantizer's code tensor `blocks.3.mlp.fc.weight.q` (pgolf.quant.mixed).
+# Other int8 tensors of a role (LQER factors `.lqA_a`, ...) are tiny and go to the remainder, as in the record.
+_ROLE_RE = re.compile(r"^(?:blocks\.(\d+)\.)?(" + "|".join(re.escape(r) for r in ROLES) + r")\.weight(\.q)?$")
 
 
 def role_of(name: str, t: torch.Tensor) -> tuple[str, int, str] | None:
     """(role, layer, suffix) for an int8 matrix that belongs to a role group, else None.
 
-    Only 2-D int8 tensors qualify: those are the q-codes. The suffix keeps
-    differently-named int8 matrices of one role in separate groups, so grouping
-    stays exact whatever the quantizer calls its tensors.
+    Only 2-D int8 tensors qualify: those are the q-codes. The suffix ("" or
+    ".q") is part of the group key, so a raw int8 matrix and a q-code of the
+    same role never share a stream.
     """
     if t.dtype != torch.int8 or t.dim() != 2 or t.numel() == 0:
         return None
