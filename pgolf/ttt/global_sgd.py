@@ -1,0 +1,142 @@
+"""Phased global SGD: adapt the whole base model on documents that have already been scored.
+
+Per-document LoRA forgets everything between documents. The record adds a
+slower channel (PR #1610): once the first P documents of the evaluation queue
+are fully scored, scoring pauses, the *base* model is trained with plain SGD on
+exactly those documents' tokens, the per-document adapters are rebuilt, and
+scoring resumes on the rest of the queue with the adapted base. Every token it
+trains on was scored before the pause, so score-before-update holds (C3), and
+the documents scored later depend only on documents ordered before them (C1).
+
+With `phased_num_phases = n` the pauses fall after P(i+1)/n documents. Here a
+pause happens after the smallest number of queue batches that contains the
+boundary's documents, and the SGD set is the first `boundary` documents in
+queue order (the seed instead keeps the boundary's documents with the lowest
+ascending batch index among everything scored by then; both sets are scored).
+
+SGD (the record's `train_val_ttt_global_sgd_distributed`): all base parameters,
+SGD(lr, momentum), no weight decay; the documents' tokens are concatenated and
+cut into chunks of `global_chunk_tokens`; each chunk trains on its
+floor(chunk/eval_seq_len) whole sequences of eval_seq_len tokens (split across
+ranks, packed with a segment at every BOS); cosine LR over the chunks; the last
+chunk is skipped; gradients are averaged over ranks, then clipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from pgolf.config import TTTConfig
+from pgolf.distributed import all_reduce_sum, get_dist
+from pgolf.evaluate import packed_cu_seqlens
+
+BOS_ID = 1
+
+
+def phase_boundaries(prefix_docs: int, num_phases: int, total_docs: int) -> list[int]:
+    """Document counts after which scoring pauses for SGD; boundaries that leave nothing to score are dropped."""
+    if num_phases <= 0 or prefix_docs <= 0:
+        return []
+    prefix = min(prefix_docs, total_docs)
+    out = [prefix * (i + 1) // num_phases for i in range(num_phases)]
+    return sorted({b for b in out if 0 < b < total_docs})
+
+
+def pause_points(batch_sizes: Sequence[int], boundaries: Sequence[int]) -> list[tuple[int, int]]:
+    """(number of queue batches to finish first, number of docs to train on) for each boundary."""
+    out = []
+    done_docs, nb = 0, 0
+    for boundary in boundaries:
+        while done_docs < boundary:
+            done_docs += batch_sizes[nb]
+            nb += 1
+        out.append((nb, boundary))
+    return out
+
+
+def sgd_stream(tokens: torch.Tensor, spans: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """One token stream holding the targets of exactly these documents.
+
+    Each doc `(start, length)` spans [BOS .. next BOS]; its own span without the
+    trailing BOS is appended, and one BOS closes the stream, so every doc's
+    last target (the next document's BOS) is kept and no BOS is duplicated.
+    """
+    parts = [tokens[s: s + n - 1] for s, n in spans]
+    parts.append(torch.tensor([BOS_ID], dtype=tokens.dtype))
+    return torch.cat(parts)
+
+
+def cosine_lr(base_lr: float, ci: int, num_chunks: int) -> float:
+    """Cosine from base_lr at chunk 0 to 0 at chunk num_chunks-1 (the skipped last chunk)."""
+    denom = max(num_chunks - 1, 1)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * ci / denom))
+
+
+def run_global_sgd(model: nn.Module, stream: torch.Tensor, cfg: TTTConfig, *,
+                   autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                   on_step: Callable[[int, int, float], None] | None = None) -> dict:
+    """Train every base parameter on `stream` (see the module docstring). Returns counts and seconds.
+
+    Every rank calls this with the same stream; each trains on its share of
+    each chunk's sequences and all ranks all-reduce every gradient every step
+    (a rank without sequences contributes zeros).
+    """
+    t0 = time.perf_counter()
+    d = get_dist()
+    device = next(model.parameters()).device
+    seq_len = cfg.eval_seq_len
+    num_targets = stream.numel() - 1
+    num_chunks = (num_targets + cfg.global_chunk_tokens - 1) // cfg.global_chunk_tokens
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.SGD(params, lr=cfg.global_lr, momentum=cfg.global_momentum, weight_decay=0.0)
+    num_steps = 0
+    model.train()
+    try:
+        for ci in range(num_chunks - 1):  # the last chunk is skipped
+            lo = ci * cfg.global_chunk_tokens
+            hi = min(lo + cfg.global_chunk_tokens, num_targets)
+            num_seqs = (hi - lo) // seq_len
+            if num_seqs <= 0:
+                continue
+            lr = cosine_lr(cfg.global_lr, ci, num_chunks)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            s0 = lo + (num_seqs * d.rank // d.world_size) * seq_len
+            s1 = lo + (num_seqs * (d.rank + 1) // d.world_size) * seq_len
+            for _ in range(cfg.global_epochs):
+                opt.zero_grad(set_to_none=False)
+                if s1 > s0:
+                    x = stream[s0:s1]
+                    y = stream[s0 + 1: s1 + 1]
+                    cu, max_len = packed_cu_seqlens(x, seq_len)
+                    with autocast():
+                        loss = model(x.to(device)[None], y.to(device)[None], cu_seqlens=cu.to(device),
+                                     max_seqlen=max_len)
+                    loss.backward()
+                for p in params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    if d.world_size > 1:
+                        all_reduce_sum(p.grad).div_(d.world_size)
+                if cfg.global_grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.global_grad_clip)
+                opt.step()
+                num_steps += 1
+            if on_step is not None:
+                on_step(ci, num_chunks, lr)
+    finally:
+        opt.zero_grad(set_to_none=True)
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+        model.eval()
+    return {"num_chunks": num_chunks, "num_steps": num_steps, "num_tokens": int(stream.numel()),
+            "seconds": time.perf_counter() - t0}
