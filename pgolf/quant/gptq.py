@@ -121,12 +121,12 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, clip_sigmas: floa
 
     s = choose_qparams(W_orig, bits, clip_sigmas)
     sf = s.float().to(device)
-    protect = None
+    protect: list[bool] | None = None  # per permuted column, on the host: no device sync per column
     s_hi = None
     if protected_cols is not None and qrange(protected_bits) > R:
         mask = _as_mask(protected_cols, cols, device)
         if bool(mask.any()):
-            protect = mask[perm]
+            protect = mask[perm].tolist()
             s_hi = choose_qparams(W_orig, protected_bits, clip_sigmas)
     R_hi = qrange(protected_bits)
     sf_hi = s_hi.float().to(device) if s_hi is not None else None
@@ -139,7 +139,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, clip_sigmas: floa
         Err = torch.zeros(rows, i2 - i1, device=device)
         for j in range(i2 - i1):
             w_col = W_block[:, j]
-            if protect is not None and bool(protect[i1 + j]):
+            if protect is not None and protect[i1 + j]:
                 q_col = torch.clamp(torch.round(w_col / sf_hi), -R_hi, R_hi)
                 w_hat = q_col * sf_hi
             else:
