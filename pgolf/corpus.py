@@ -11,8 +11,9 @@ the same Python minor version. Test suites, IDLE, demos and site-packages are
 left out. The result is cached in memory for the process.
 
 User files: `.jsonl` is one JSON object with a string "text" per line; `.txt`
-is one document per block of text separated by blank lines. Documents that
-are empty or only whitespace are dropped (they would be a lone BOS).
+is one document per block of text separated by blank lines. Documents with
+no visible character (empty, whitespace, control characters) are dropped: the
+tokenizer's normalizer erases them, and a lone BOS cannot carry their bytes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import re
 import sys
 import sysconfig
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
@@ -80,7 +82,7 @@ def _embedded() -> tuple[str, ...]:
         docs.extend(_docstrings(path))
     docs.extend(topics.topics[k] for k in sorted(topics.topics))
     docs = [d.strip() for d in docs]
-    return tuple(dict.fromkeys(d for d in docs if d))
+    return tuple(dict.fromkeys(d for d in docs if has_text(d)))
 
 
 def embedded_corpus() -> list[str]:
@@ -101,6 +103,11 @@ def corpus_sha256(docs: list[str]) -> str:
 @lru_cache(maxsize=1)
 def embedded_corpus_sha256() -> str:
     return corpus_sha256(embedded_corpus())
+
+
+def has_text(doc: str) -> bool:
+    """True if `doc` has a character the tokenizer keeps (not whitespace, not a control/format character)."""
+    return any(not ch.isspace() and unicodedata.category(ch)[0] != "C" for ch in doc)
 
 
 def python_minor() -> str:
@@ -136,7 +143,7 @@ def _read_jsonl(path: Path, text: str) -> list[str]:
             raise DataError(f"{path}:{lineno}: line has no \"text\" field")
         if not isinstance(obj["text"], str):
             raise DataError(f"{path}:{lineno}: \"text\" must be a string, got {type(obj['text']).__name__}")
-        if obj["text"].strip():
+        if has_text(obj["text"]):
             docs.append(obj["text"])
     return docs
 
@@ -153,7 +160,7 @@ def read_source(path: str | Path) -> list[str]:
     else:
         # A suffix-less file (e.g. /usr/share/common-licenses/GPL-3) is read as plain text.
         docs = [d.strip() for d in re.split(r"\n[ \t\r\f\v]*\n", text.replace("\r\n", "\n"))]
-        docs = [d for d in docs if d]
+        docs = [d for d in docs if has_text(d)]
     if not docs:
         raise DataError(f"{path}: no non-empty documents")
     return docs

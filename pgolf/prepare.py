@@ -196,7 +196,9 @@ def _write_split(tok: Tokenizer, texts: list[str], writer: _ShardWriter, bar) ->
     doc_bytes = []
     for i in range(0, len(texts), _ENCODE_BATCH_DOCS):
         batch = texts[i:i + _ENCODE_BATCH_DOCS]
-        for text, (ids, counts) in zip(batch, tok.encode_docs(batch)):
+        for j, (text, (ids, counts)) in enumerate(zip(batch, tok.encode_docs(batch))):
+            if len(ids) < 2:
+                raise DataError(f"{writer.kind} document {i + j}: nothing left after the tokenizer's normalization")
             doc_bytes.append(len(text.encode("utf-8")))
             assert sum(counts) == doc_bytes[-1], "per-token bytes must sum to the document's UTF-8 length"
             writer.add(ids, counts)
