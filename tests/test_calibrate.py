@@ -196,6 +196,8 @@ def test_calibration_file_roundtrip_and_refusals(tmp_path):
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(DataError, match="unreadable calibration file"):
         load_calibration(path)
-    torch.save({"format": "something-else"}, path)
+    torch.save({"format": "something-else", "hessians": H}, path)
     with pytest.raises(DataError, match="not a pgolf calibration file"):
         load_calibration(path)
+    torch.save({"hessians": H, "act_rms": rms, "seconds": 2.0}, path)  # the documented untagged layout
+    assert load_calibration(path)["seconds"] == 2.0

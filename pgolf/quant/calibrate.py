@@ -185,8 +185,11 @@ def load_calibration(path: str | os.PathLike) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: report it, never unpickle code
         raise DataError(f"{path}: unreadable calibration file ({type(e).__name__})") from None
-    if not isinstance(obj, dict) or obj.get("format") != CALIBRATION_FORMAT:
+    # The format tag is optional: the documented layout is the three keys alone.
+    if (not isinstance(obj, dict) or not isinstance(obj.get("hessians"), dict)
+            or obj.get("format", CALIBRATION_FORMAT) != CALIBRATION_FORMAT):
         raise DataError(f"{path}: not a pgolf calibration file")
-    if obj.get("version") != CALIBRATION_VERSION:
+    if obj.get("version", CALIBRATION_VERSION) != CALIBRATION_VERSION:
         raise DataError(f"{path}: calibration version {obj.get('version')} (expected {CALIBRATION_VERSION})")
-    return {"hessians": obj["hessians"], "act_rms": obj["act_rms"], "seconds": float(obj["seconds"])}
+    return {"hessians": obj["hessians"], "act_rms": obj.get("act_rms") or {},
+            "seconds": float(obj.get("seconds", 0.0))}
