@@ -183,7 +183,8 @@ class Muon(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float, momentum: float, weight_decay: float = 0.0,
                  backend_steps: int = 5, row_normalize: bool = True, nesterov: bool = True,
-                 work_dtype: torch.dtype | None = None, reduce_scatter_impl: str = "auto"):
+                 work_dtype: torch.dtype | None = None, reduce_scatter_impl: str = "auto",
+                 orthogonalize: Callable[..., torch.Tensor] = zeropower_polar_express):
         defaults = dict(lr=lr, base_lr=lr, momentum=momentum, weight_decay=weight_decay,
                         backend_steps=backend_steps, row_normalize=row_normalize, nesterov=nesterov)
         super().__init__(params, defaults)
@@ -191,6 +192,8 @@ class Muon(torch.optim.Optimizer):
             for p in group["params"]:
                 assert p.ndim == 3, f"Muon takes banks [n, rows, cols], got shape {tuple(p.shape)}"
         self._work_dtype = work_dtype
+        # Swappable so the caller can hand in a torch.compile'd Polar Express (CUDA): same math, fused kernels.
+        self.orthogonalize = orthogonalize
         self._reduce_scatter_impl = reduce_scatter_impl
         self._comm: Comm | None = None
         self._pending: dict[int, tuple[_Pending, torch.Tensor]] = {}
@@ -247,7 +250,7 @@ class Muon(torch.optim.Optimizer):
             u = g.add(buf, alpha=mu) if group["nesterov"] else buf.clone()
             if group["row_normalize"]:
                 u = row_normalize(u)
-            u = zeropower_polar_express(u, steps=group["backend_steps"], dtype=self.work_dtype(p))
+            u = self.orthogonalize(u, steps=group["backend_steps"], dtype=self.work_dtype(p))
             full = u.new_empty((u.shape[0] * self.comm.world_size, *u.shape[1:]))
             gathers.append((group, p, full, self.comm.all_gather(full, u)))
         for group, p, full, pending in gathers:
@@ -372,9 +375,14 @@ class Optimizers:
         first_device = named[0][1].device if named else torch.device("cpu")
         fused = True if first_device.type == "cuda" else None
 
+        # Compiling fuses the bf16 matmul chain on GPU (the record compiles it too); on CPU the eager fp32
+        # version is the reference and costs little, so it is never compiled there.
+        compile_pe = first_device.type == "cuda" and cfg.compile in ("auto", "on")
         self.muon = Muon([p for _, p in groups["muon"]], lr=cfg.matrix_lr, momentum=cfg.muon_momentum,
                          weight_decay=cfg.muon_wd, backend_steps=cfg.muon_backend_steps,
-                         row_normalize=cfg.muon_row_normalize)
+                         row_normalize=cfg.muon_row_normalize,
+                         orthogonalize=torch.compile(zeropower_polar_express, dynamic=False) if compile_pe
+                         else zeropower_polar_express)
         self.adam_embed = self._adam(groups["adam_embed"], "adam_embed", fused)
         self.adam_scalar = self._adam(groups["adam_scalar"], "adam_scalar", fused)
         self.optimizers: dict[str, torch.optim.Optimizer] = {
