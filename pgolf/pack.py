@@ -39,7 +39,6 @@ import brotli
 
 from pgolf.errors import ArtifactError
 
-PACKAGE_DIR = Path(__file__).resolve().parent
 RECORD_CODE_NAME = "train_gpt.py"
 LOG_SUFFIXES = (".jsonl", ".log", ".txt", ".png")
 
@@ -107,11 +106,12 @@ def package_sources() -> tuple[dict[str, str], set[str], dict[str, dict[str, str
     """Every module's source by dotted name, the package names, and data files by package."""
     if _bundle_origin() is not None:
         raise ArtifactError("pgolf is running from a packed train_gpt.py; pack from an installed pgolf")
+    package_dir = Path(__file__).resolve().parent  # only read here: a packed file has no __file__
     modules: dict[str, str] = {}
     packages: set[str] = set()
     resources: dict[str, dict[str, str]] = {}
-    for path in sorted(PACKAGE_DIR.rglob("*")):
-        rel = path.relative_to(PACKAGE_DIR.parent)
+    for path in sorted(package_dir.rglob("*")):
+        rel = path.relative_to(package_dir.parent)
         if "__pycache__" in rel.parts or not path.is_file():
             continue
         dotted = ".".join(rel.parent.parts)
@@ -133,6 +133,7 @@ def minify(source: str, filename: str = "<pgolf>") -> str:
     return python_minifier.minify(source, filename=filename, **_MINIFY_OPTIONS)
 
 
+@functools.lru_cache(maxsize=8)
 def _wrap(payload: bytes) -> str:
     """The smaller of the lzma and brotli shims around `payload`."""
     shims = []

@@ -1,0 +1,182 @@
+"""The packer: a self-contained train_gpt.py, size accounting that matches the disk, the record folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+from pgolf import pack
+from pgolf.config import load_preset
+from pgolf.errors import ArtifactError
+from pgolf.quant.artifact import write_artifact
+from pgolf.quantize import ARTIFACT_NAME
+
+SITE_PACKAGES = sysconfig.get_paths()["purelib"]
+
+
+@pytest.fixture(scope="module")
+def tiny_json() -> str:
+    return load_preset("tiny").to_json()
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory, tiny_json) -> Path:
+    """train_gpt.py built from the package with the tiny config, alone in an empty folder."""
+    d = tmp_path_factory.mktemp("record")
+    (d / "train_gpt.py").write_text(pack.build_train_gpt(tiny_json))
+    return d / "train_gpt.py"
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory) -> str:
+    """A fresh venv that sees the third-party packages but not the editable pgolf.
+
+    Its .pth line adds our site-packages directory to sys.path *without* processing the
+    .pth files inside it, so the editable-install finder for pgolf is never installed.
+    """
+    venv = tmp_path_factory.mktemp("venv") / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    Path(site, "pgolf_deps.pth").write_text(SITE_PACKAGES + "\n")
+    return str(py)
+
+
+def _run(py: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    return subprocess.run([py, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_train_gpt_is_a_two_line_shim_that_compiles(packed, tiny_json):
+    code = packed.read_text()
+    lines = code.splitlines()
+    assert len(lines) == 2 and lines[0] in ("import lzma as L,base64 as b", "import brotli as B,base64 as b")
+    compile(code, "train_gpt.py", "exec")
+    raw, counted = pack.packed_code_bytes(tiny_json)
+    assert counted == len(code.encode()) == os.path.getsize(packed)
+    assert raw > 2 * counted  # minify + compress really shrinks the package
+
+
+def test_build_is_deterministic(tiny_json, packed):
+    assert pack.build_train_gpt(tiny_json) == packed.read_text()
+
+
+def test_bare_python_cannot_import_pgolf(bare_python, tmp_path):
+    r = _run(bare_python, ["-c", "import torch, brotli, sentencepiece"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = _run(bare_python, ["-c", "import pgolf"], tmp_path)
+    assert r.returncode != 0 and "No module named 'pgolf'" in r.stderr
+
+
+def test_packed_file_is_self_contained(bare_python, packed):
+    """Every bundled module imports from the bundle alone; presets load as resources; size is the file's."""
+    probe = (
+        "import runpy, importlib, sys\n"
+        "g = runpy.run_path('train_gpt.py', run_name='bundle')\n"
+        "import pgolf, pgolf.config, pgolf.pack\n"
+        "for name in sorted(g['M']):\n"
+        "    if name != 'pgolf.plots': importlib.import_module(name)\n"
+        "assert pgolf.__spec__.loader.__class__.__name__ == '_F', pgolf.__spec__\n"
+        "print(pgolf.config.load_preset('tiny').model.num_layers, len(g['M']))\n"
+        "print(*pgolf.pack.packed_code_bytes())\n"
+    )
+    r = _run(bare_python, ["-c", probe], packed.parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+    first, second = r.stdout.split("\n")[:2]
+    assert first.split()[0] == "4" and int(first.split()[1]) > 10
+    assert int(second.split()[1]) == os.path.getsize(packed)
+
+
+def test_packed_cli_parses_run_defaults(bare_python, packed):
+    r = _run(bare_python, ["train_gpt.py", "--help"], packed.parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "usage: pgolf run" in r.stdout
+    r = _run(bare_python, ["train_gpt.py", "size", str(packed.parent / "nowhere")], packed.parent)
+    assert r.returncode == 2 and "pgolf: error:" in r.stderr and "Traceback" not in r.stderr
+
+
+# --------------------------------------------------------------------------- size and pack
+def _qstate(n: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {"tensors": {"tok_emb.weight.q": torch.randint(-63, 64, (n, 64), generator=g, dtype=torch.int8),
+                        "tok_emb.weight.scale": torch.rand(n, generator=g).half()},
+            "meta": {"format": "test"}}
+
+
+@pytest.fixture
+def run_dir(tmp_path, tiny_json) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(tiny_json + "\n")
+    write_artifact(run / ARTIFACT_NAME, _qstate(512), load_preset("tiny").quant)
+    (run / "train.jsonl").write_text('{"event": "step", "step": 1}\n')
+    (run / "report.json").write_text(json.dumps({
+        "val_bpb_prequant": 3.1, "val_bpb_roundtrip": 3.2, "val_loss_roundtrip": 2.2,
+        "val_bpb_ttt": 3.0, "val_loss_ttt": 2.05, "val_bpb_ttt_ensemble": 2.9, "peer_compliant": False,
+        "peer_mode": "seed", "steps": 30, "date": "2026-11-25"}))
+    return run
+
+
+def test_size_agrees_with_disk(run_dir, tiny_json, capsys):
+    assert pack.cmd_size(argparse.Namespace(run_dir=str(run_dir))) == 0
+    out = capsys.readouterr().out
+    b = pack.size_breakdown(run_dir)
+    model = os.path.getsize(run_dir / ARTIFACT_NAME)
+    assert b["model_bytes"] == model
+    assert b["model_bytes"] == sum(b["streams"].values()) + b["container_overhead_bytes"]
+    assert b["code_bytes"] == len(pack.build_train_gpt(tiny_json).encode())
+    assert b["artifact_bytes"] == b["code_bytes"] + model
+    assert b["headroom_bytes"] == 16_000_000 - b["artifact_bytes"]
+    assert f"{model:,}" in out and f"{b['artifact_bytes']:,}" in out and "stream group:tok_emb.q" in out
+
+
+def test_size_fails_over_a_small_cap(run_dir):
+    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg["quant"]["size_cap_bytes"] = 50_000
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+    total = pack.size_breakdown(run_dir)["artifact_bytes"]
+    with pytest.raises(ArtifactError, match=f"{total:,} bytes > quant.size_cap_bytes 50,000"):
+        pack.cmd_size(argparse.Namespace(run_dir=str(run_dir)))
+    with pytest.raises(ArtifactError, match="over the size cap"):
+        pack.cmd_pack(argparse.Namespace(run_dir=str(run_dir), out=str(run_dir / "record")))
+    assert not (run_dir / "record" / "train_gpt.py").exists()
+
+
+def test_size_without_artifact_is_a_clear_error(run_dir):
+    (run_dir / ARTIFACT_NAME).unlink()
+    with pytest.raises(ArtifactError, match="pgolf quantize"):
+        pack.size_breakdown(run_dir)
+
+
+def test_pack_writes_record_folder(run_dir, tmp_path):
+    out = tmp_path / "record"
+    assert pack.cmd_pack(argparse.Namespace(run_dir=str(run_dir), out=str(out))) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"train_gpt.py", "README.md", "submission.json", "config.json", "train.jsonl", "report.json",
+            "requirements.txt"} <= names
+    sub = json.loads((out / "submission.json").read_text())
+    b = pack.size_breakdown(run_dir)
+    assert sub["bytes_code"] == os.path.getsize(out / "train_gpt.py") == b["code_bytes"]
+    assert sub["bytes_total"] == b["artifact_bytes"] and sub["bytes_model"] == b["model_bytes"]
+    # The seed-mode ensemble is non-compliant, so the headline is own-only TTT.
+    assert sub["val_bpb"] == 3.0 and sub["val_loss"] == 2.05
+    assert sub["seeds"] == [load_preset("tiny").train.seed] and sub["date"] == "2026-11-25"
+    assert {"author", "name", "blurb", "track"} <= set(sub)
+    readme = (out / "README.md").read_text()
+    assert "not compliant" in readme and f"{b['artifact_bytes']:,}" in readme
+    assert "pgolf" not in (out / "requirements.txt").read_text().split()
+
+
+def test_final_result_order():
+    assert pack.final_result({"val_bpb_roundtrip": 1.2}) == ("val_bpb_roundtrip", 1.2)
+    assert pack.final_result({"val_bpb_roundtrip": 1.2, "val_bpb_ttt_ensemble": 1.0}) == ("val_bpb_ttt_ensemble", 1.0)
+    assert pack.final_result({}) is None
