@@ -204,3 +204,23 @@ def test_quantize_on_cuda_matches_cpu(tiny_setup):
     a, b = dequantize_state_dict(on_gpu), dequantize_state_dict(qstate)
     for name in sd:
         assert rel_err(a[name], b[name]) < 0.05, name
+
+
+def test_non_float_and_non_matrix_tensors_pass_through():
+    from pgolf.config import QuantConfig
+
+    qcfg = QuantConfig(passthrough_max_numel=16, gptq_block_size=8, lqer_group=8, awq_group_size=8)
+    W = torch.randn(8, 32)
+    X = torch.randn(256, 32)
+    sd = {"steps": torch.tensor([3, 4], dtype=torch.int64), "big_vector": torch.randn(100),
+          "blocks.0.mlp.fc.weight": W}
+    logged: list[str] = []
+    qstate = quantize_state_dict(sd, {"blocks.0.mlp.fc.weight": X.T @ X}, {}, qcfg, log=logged.append)
+    entries = qstate["meta"]["entries"]
+    assert entries["steps"]["category"] == "passthrough (int64)"
+    assert entries["big_vector"]["category"] == "passthrough (float16)"
+    assert entries["blocks.0.mlp.fc.weight"]["category"] == "gptq (int6)+lqer_asym"  # no act stats: no AWQ
+    assert logged == ["quant: blocks.0.mlp.fc.weight gptq (int6) (8, 32)"]
+    out = dequantize_state_dict(qstate)
+    assert torch.equal(out["steps"], sd["steps"]) and out["steps"].dtype == torch.int64
+    assert out["big_vector"].dtype == torch.float32 and rel_err(out["big_vector"], sd["big_vector"]) < 1e-3

@@ -8,7 +8,7 @@ name and size as the record does:
     blocks.{i}.mlp.{fc,proj}            GPTQ int6, SDClip σ 11.5
     other matrices > passthrough size   GPTQ int6 with the attention σ (the record's 12.85 matched no tensor)
     *.attn_gate_w                       int8 per row, fp16 scale max|row|/127
-    numel <= passthrough_max_numel      fp16 passthrough (non-float tensors unchanged)
+    numel <= passthrough_max_numel      fp16 passthrough, as is every non-matrix (non-float tensors unchanged)
 
 then AWQ-lite picks the globally most salient 64-column group(s) to quantize
 at int8 inside GPTQ, and LQER adds a rank-4 INT2/INT4 correction to the 3
