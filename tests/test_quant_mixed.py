@@ -172,6 +172,15 @@ def test_gate_without_int8_is_passthrough_and_bf16_is_restored(tiny_setup):
     assert torch.equal(out["skip_weights"], sd2["skip_weights"])
 
 
+def test_c_k_and_c_v_fall_back_to_the_shared_c_q_statistics(tiny_setup):
+    cfg, _, sd, hessians, act_rms, qstate = tiny_setup
+    only_q = {k: v for k, v in hessians.items() if not k.endswith(("c_k.weight", "c_v.weight"))}
+    rms_q = {k: v for k, v in act_rms.items() if not k.endswith(("c_k.weight", "c_v.weight"))}
+    again = quantize_state_dict(sd, only_q, rms_q, cfg.quant)
+    assert again["meta"] == qstate["meta"]
+    assert all(torch.equal(again["tensors"][k], v) for k, v in qstate["tensors"].items())
+
+
 def test_deterministic(tiny_setup):
     cfg, _, sd, hessians, act_rms, qstate = tiny_setup
     again = quantize_state_dict(sd, hessians, act_rms, cfg.quant)
@@ -188,6 +197,12 @@ def test_bad_inputs_are_refused(tiny_setup):
     wrong["tok_emb.weight"] = torch.eye(3)
     with pytest.raises(DataError, match=r"tok_emb.weight must be \[64, 64\]"):
         quantize_state_dict(sd, wrong, act_rms, cfg.quant)
+    with pytest.raises(DataError, match="blocks.0.attn.c_q.weight has non-finite"):
+        quantize_state_dict(sd, {**hessians, "blocks.0.attn.c_q.weight": torch.full((64, 64), float("nan"))},
+                            act_rms, cfg.quant)
+    with pytest.raises(DataError, match="tensor tok_emb.weight has non-finite"):
+        quantize_state_dict({**sd, "tok_emb.weight": sd["tok_emb.weight"] * float("inf")}, hessians, act_rms,
+                            cfg.quant)
     broken = {"tensors": {k: v for k, v in qstate["tensors"].items() if k != "tok_emb.weight.scale"},
               "meta": qstate["meta"]}
     with pytest.raises(ArtifactError, match="tok_emb.weight.scale is missing"):

@@ -120,10 +120,14 @@ def quantize_state_dict(sd_unbanked: dict[str, torch.Tensor], hessians: dict[str
             tensors[name] = t.to(torch.float16).cpu() if t.is_floating_point() else t.cpu().clone()
             entry.update(kind="passthrough", category=f"passthrough ({_dtype_name(tensors[name].dtype)})")
         else:
-            H = hessians.get(name)
+            H = _stat_for(hessians, name)
             if H is None or tuple(H.shape) != (t.shape[1], t.shape[1]):
                 got = "none" if H is None else f"shape {tuple(H.shape)}"
                 raise DataError(f"calibration: Hessian for {name} must be [{t.shape[1]}, {t.shape[1]}], got {got}")
+            if not bool(torch.isfinite(H).all()):
+                raise DataError(f"calibration: Hessian for {name} has non-finite values")
+            if not bool(torch.isfinite(t).all()):
+                raise DataError(f"state dict: tensor {name} has non-finite values")
             bits, clip = bits_and_clip(name, qcfg)
             entry.update(kind="gptq", bits=bits, clip_sigmas=clip)
             gptq_names.append(name)
@@ -135,7 +139,8 @@ def quantize_state_dict(sd_unbanked: dict[str, torch.Tensor], hessians: dict[str
         entry = entries[name]
         starts = awq_starts.get(name)
         mask = group_mask(starts, qcfg.awq_group_size, W.shape[1]) if starts else None
-        res = gptq_quantize(W.float(), hessians[name].to(W.device), entry["bits"], entry["clip_sigmas"],
+        H = _stat_for(hessians, name).to(W.device)
+        res = gptq_quantize(W.float(), H, entry["bits"], entry["clip_sigmas"],
                             block_size=qcfg.gptq_block_size, damp=qcfg.gptq_damp,
                             protected_cols=mask, protected_bits=qcfg.awq_bits)
         tensors[name + ".q"], tensors[name + ".scale"] = res.q.cpu(), res.scale.cpu()
@@ -168,6 +173,16 @@ def quantize_state_dict(sd_unbanked: dict[str, torch.Tensor], hessians: dict[str
     return {"tensors": tensors, "meta": meta}
 
 
+def _stat_for(stats: dict[str, torch.Tensor], name: str) -> torch.Tensor | None:
+    """The statistic of `name`; c_k and c_v fall back to c_q's, whose input they share."""
+    if name in stats:
+        return stats[name]
+    for shared in (".attn.c_k.weight", ".attn.c_v.weight"):
+        if name.endswith(shared):
+            return stats.get(name[: -len(shared)] + ".attn.c_q.weight")
+    return None
+
+
 def _awq_plan(sd: dict[str, torch.Tensor], gptq_names: list[str], entries: dict[str, dict],
               act_rms: dict[str, torch.Tensor], qcfg: QuantConfig) -> dict[str, list[int]]:
     """AWQ-lite: {name: protected group starts} over the GPTQ'd tensors with activation stats."""
@@ -175,7 +190,7 @@ def _awq_plan(sd: dict[str, torch.Tensor], gptq_names: list[str], entries: dict[
         return {}
     candidates = {}
     for name in gptq_names:
-        rms = act_rms.get(name)
+        rms = _stat_for(act_rms, name)
         W = sd[name]
         if rms is None or entries[name]["bits"] >= qcfg.awq_bits or rms.numel() != W.shape[1]:
             continue
