@@ -38,7 +38,8 @@ from pgolf.errors import ConfigError
 
 # Polar Express (Amsel et al. 2025) per-iteration (a, b, c) for X <- aX + (bA + cA^2)X, A = XX^T: each
 # tuple is the minimax-optimal odd quintic for the singular-value interval left by the previous one,
-# so 5 steps take [~1e-3, 1] to roughly [0.7, 1.2] in bf16. These are the record's values (PR #1344).
+# so 5 steps map normalized singular values in [1e-3, 1] into [0.86, 1.14] (exact arithmetic; bf16 rounding
+# widens that a little). These are the record's values (PR #1344).
 PE_COEFFS: tuple[tuple[float, float, float], ...] = (
     (8.156554524902461, -22.48329292557795, 15.878769915207462),
     (4.042929935166739, -2.808917465908714, 0.5000178451051316),
@@ -47,10 +48,8 @@ PE_COEFFS: tuple[tuple[float, float, float], ...] = (
     (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
 )
 
-BANK_NAMES = ("qo_bank", "kv_bank", "mlp_up_bank", "mlp_down_bank")
-
-# Replicated gradients up to this size are packed into one flat buffer per dtype, so the ~90 tiny
-# scalar tensors cost one collective instead of ninety (record: 32,768).
+# Replicated gradients up to this size are packed into one flat buffer per dtype, so the ~60 tiny
+# scalar tensors of the record cost one collective instead of sixty (record: 32,768).
 PACKED_GRAD_MAX_NUMEL = 1 << 15
 
 
