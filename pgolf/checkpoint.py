@@ -50,6 +50,12 @@ _BANKS = ("qo_bank", "kv_bank", "mlp_up_bank", "mlp_down_bank")
 _UNBANKED_RE = re.compile(r"^blocks\.(\d+)\.(attn\.(?:c_q|c_k|c_v|proj)|mlp\.(?:fc|proj))\.weight$")
 
 
+def _cpu(t: torch.Tensor) -> torch.Tensor:
+    """Detached CPU tensor; meta tensors stay meta so shapes can be checked without memory."""
+    t = t.detach()
+    return t if t.is_meta else t.cpu()
+
+
 def _model_cfg(cfg: ModelConfig | RunConfig) -> ModelConfig:
     return cfg.model if isinstance(cfg, RunConfig) else cfg
 
@@ -61,9 +67,9 @@ def unbank_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig | RunConfig)
     out: dict[str, torch.Tensor] = {}
     for name, t in sd.items():
         if name not in _BANKS:
-            out[name] = t.detach().cpu().clone()
+            out[name] = _cpu(t).clone()
     for suffix, bank, offset in _BANK_LAYOUT:
-        t = sd[bank].detach().cpu()
+        t = _cpu(sd[bank])
         if t.shape[0] != num_layers * (2 if bank in ("qo_bank", "kv_bank") else 1):
             raise ConfigError(f"model.num_layers: {bank} has {t.shape[0]} rows, config has {num_layers} layers")
         for i in range(num_layers):
@@ -91,7 +97,7 @@ def rebank_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig | RunConfig)
         shapes = {tuple(t.shape) for t in rows[bank]}
         if len(shapes) != 1:
             raise ConfigError(f"model: {bank} rows have different shapes {sorted(shapes)}")
-        out[bank] = torch.stack([t.detach().cpu() for t in rows[bank]])
+        out[bank] = torch.stack([_cpu(t) for t in rows[bank]])
     return out
 
 
