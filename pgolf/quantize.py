@@ -29,18 +29,6 @@ MODEL_NAME = "final_model.pt"
 CALIBRATION_NAME = "calibration.pt"
 
 
-def _load_calibration(path: Path) -> tuple[dict, dict]:
-    if not path.exists():
-        raise ArtifactError(f"{path}: not found; training writes it (Hessians collected inside the budget)")
-    try:
-        calib = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a torn or foreign file: one line, no traceback
-        raise ArtifactError(f"{path}: cannot be read as a weights-only torch file ({type(e).__name__})") from None
-    if not isinstance(calib, dict) or "hessians" not in calib:
-        raise ArtifactError(f"{path}: expected a dict with 'hessians' (and 'act_rms')")
-    return calib["hessians"], calib.get("act_rms") or {}
-
-
 def _data_dir(run: Path, report: dict, data_dir: str | Path | None) -> Path:
     """The validation data: the argument, else the directory the run trained on (report.json)."""
     d = data_dir or report.get("data_dir")
@@ -68,6 +56,7 @@ def quantize_run(run_dir: str | Path, compressor: str | None = None, evaluate: b
     from pgolf.distributed import barrier, get_dist, is_main
     from pgolf.pack import packed_code_bytes
     from pgolf.quant.artifact import read_artifact, write_artifact
+    from pgolf.quant.calibrate import load_calibration
     from pgolf.quant.mixed import dequantize_state_dict, quantize_state_dict, summary_by_category, summary_lines
     from pgolf.report import read_report, update_report
     from pgolf.runlog import RunLog
@@ -89,7 +78,8 @@ def quantize_run(run_dir: str | Path, compressor: str | None = None, evaluate: b
     t0 = time.perf_counter()
     if is_main():
         model = load_model(run / MODEL_NAME, cfg)
-        hessians, act_rms = _load_calibration(run / CALIBRATION_NAME)
+        calib = load_calibration(run / CALIBRATION_NAME)
+        hessians, act_rms = calib["hessians"], calib["act_rms"]
         sd = unbank_state_dict(model.state_dict(), cfg.model)
         if device.type == "cuda":  # GPTQ runs where the tensors are
             sd = {k: v.to(device) for k, v in sd.items()}

@@ -21,7 +21,9 @@ returned as `rest` for the container to serialize into its remainder stream.
 
 from __future__ import annotations
 
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -166,7 +168,15 @@ def merge_groups(split: PerGroupSplit) -> dict[str, torch.Tensor]:
     return out
 
 
-def compress_groups(groups: dict[str, bytes], specs: list[str] | None = None) -> dict[str, tuple[str, bytes]]:
-    """Each group with the smallest of the candidate coders: group -> (spec, blob)."""
+def compress_groups(groups: dict[str, bytes], specs: list[str] | None = None,
+                    max_workers: int | None = None) -> dict[str, tuple[str, bytes]]:
+    """Each group with the smallest of the candidate coders: group -> (spec, blob).
+
+    Groups run in threads (as the record runs its lrzip processes): lrzip is a
+    subprocess and lzma / brotli / zstd release the GIL, so this scales with cores.
+    """
     specs = specs or codecs.entropy_coder_specs()
-    return {key: codecs.compress_best(data, specs) for key, data in groups.items()}
+    workers = max_workers or min(len(groups), os.cpu_count() or 1) or 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {key: pool.submit(codecs.compress_best, data, specs) for key, data in groups.items()}
+        return {key: f.result() for key, f in futures.items()}
