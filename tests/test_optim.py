@@ -390,6 +390,10 @@ def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             shard_shapes = {n: tuple(opts.muon.state[p]["momentum_buffer"].shape)
                             for n, p in model.named_parameters() if p in opts.muon.state}
             sd = opts.state_dict()  # collective: gathers the Muon shards
+            shards = {id(p): opts.muon.state[p]["momentum_buffer"].clone() for p in opts.muon.state}
+            opts.load_state_dict(sd)  # and back: each rank re-slices (and re-pads) its own shard
+            for p in opts.muon.state:
+                assert torch.equal(opts.muon.state[p]["momentum_buffer"], shards[id(p)])
             torch.save({"params": dict(model.named_parameters()), "opt": sd, "shards": shard_shapes,
                         "impl": opts.muon.comm.reduce_scatter_impl}, f"{out_dir}/{impl}_rank{rank}.pt")
     finally:
