@@ -83,6 +83,16 @@ def test_polar_express_matches_float64_spectral_reference(shape):
     assert (got32.double() - want).abs().max().item() < 1e-4
 
 
+def test_polar_express_invariances():
+    """Scale invariance, transpose symmetry and orthogonal equivariance of the polar factor."""
+    G = torch.randn(2, 10, 14, dtype=torch.float64)
+    X = zeropower_polar_express(G, dtype=torch.float64)
+    Q, _ = torch.linalg.qr(torch.randn(10, 10, dtype=torch.float64))
+    assert torch.allclose(zeropower_polar_express(7.5 * G, dtype=torch.float64), X, atol=1e-9)
+    assert torch.allclose(zeropower_polar_express(G.mT, dtype=torch.float64), X.mT, atol=1e-12)
+    assert torch.allclose(zeropower_polar_express(Q @ G, dtype=torch.float64), Q @ X, atol=1e-9)
+
+
 def test_polar_express_step_count_and_zero_input():
     G = torch.randn(8, 8)
     one = zeropower_polar_express(G, steps=1)
