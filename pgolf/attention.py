@@ -144,7 +144,7 @@ def _attention_sdpa(q, k, v, cu_seqlens):
     seq_len = q.shape[1]
     # Padding repeats the last boundary; dropping duplicates leaves the real documents.
     bounds = sorted(set(int(b) for b in cu_seqlens.tolist()))
-    assert bounds[0] == 0 and bounds[-1] == seq_len, f"cu_seqlens must span 0..{seq_len}, got {bounds[:3]}..{bounds[-1]}"
+    assert bounds[0] == 0 and bounds[-1] == seq_len, f"cu_seqlens must span 0..{seq_len}, got {bounds}"
     pieces = []
     for start, end, starts in _doc_chunks(bounds, _SDPA_CHUNK_TOKENS):
         qs, ks, vs = q[:, start:end], k[:, start:end], v[:, start:end]

@@ -116,16 +116,18 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        self.rope_dims, self.rope_base = cfg.rope_dims, cfg.rope_base
+        self.rope_dims = cfg.rope_dims
         self.use_xsa = layer_idx >= cfg.num_layers - cfg.xsa_last_n
         self.gate_window = cfg.gate_window
         self.gate_scale = cfg.sparse_attn_gate_scale
         self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), float(cfg.qk_gain_init)))
         self.attn_gate_w = nn.Parameter(torch.zeros(cfg.num_heads, cfg.gate_window)) if cfg.sparse_attn_gate else None
 
-    def forward(self, n: torch.Tensor, w_q, w_k, w_v, w_o, *, slot: int, adapters, observe,
+    def forward(self, n: torch.Tensor, w_q, w_k, w_v, w_o, *, slot: int, adapters, observe, rope,
                 cu_seqlens=None, max_seqlen=None) -> torch.Tensor:
-        """n: the normalized block input [B, T, d]; returns the out-projection output (before attn_scale)."""
+        """n: the normalized block input [B, T, d]; `rope` = (cos, sin) from `rope_cos_sin`.
+
+        Returns the out-projection output (before attn_scale)."""
         bsz, seq_len, dim = n.shape
         name = f"blocks.{self.layer_idx}.attn"
         if observe is not None:
@@ -135,7 +137,7 @@ class CausalSelfAttention(nn.Module):
         v = _project(n, w_v, "v", slot, adapters).reshape(bsz, seq_len, self.num_kv_heads, self.head_dim)
         q, k = rms_norm(q), rms_norm(k)
         if self.rope_dims > 0:
-            cos, sin = rope_cos_sin(seq_len, self.rope_dims, self.rope_base, n.device, q.dtype)
+            cos, sin = rope[0].to(q.dtype), rope[1].to(q.dtype)
             q = apply_partial_rope(q, cos, sin, self.rope_dims)
             k = apply_partial_rope(k, cos, sin, self.rope_dims)
         q = q * self.q_gain.to(q.dtype)[None, None, :, None]
@@ -316,7 +318,10 @@ class GPT(nn.Module):
                 adapters: Adapters | None = None, reduction: str = "mean") -> torch.Tensor:
         """Softcapped fp32 logits [B,T,V] (no targets), mean CE (scalar), or per-token NLL [B,T] ("none")."""
         assert reduction in ("mean", "none"), reduction
-        kw = dict(adapters=adapters, observe=self._observer, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+        # Positions are absolute indices in the row; RoPE only sees differences, so a packed document
+        # scores as if it stood alone.
+        rope = rope_cos_sin(input_ids.shape[1], self.cfg.rope_dims, self.cfg.rope_base, input_ids.device, torch.float32)
+        kw = dict(adapters=adapters, observe=self._observer, rope=rope, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
 
         x = self.tok_emb(input_ids)
         if self.cfg.smear_gate:

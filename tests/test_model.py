@@ -267,8 +267,8 @@ def test_observer_sees_every_matmul_input_record():
     # c_k/c_v share c_q's input, so the Hessian keys are exactly the 67 matrices of the export.
     hessian_keys = set(expected) | {n.replace("c_q", s) for n in expected if "c_q" in n for s in ("c_k", "c_v")}
     exported = unbank_state_dict(model.state_dict(), model.cfg)
-    matrices = {k for k in exported if k == "tok_emb.weight" or k.endswith((".c_q.weight", ".c_k.weight",
-                                                                             ".c_v.weight", "proj.weight", "fc.weight"))}
+    suffixes = (".c_q.weight", ".c_k.weight", ".c_v.weight", "proj.weight", "fc.weight")
+    matrices = {k for k in exported if k == "tok_emb.weight" or k.endswith(suffixes)}
     assert len(hessian_keys) == 67 and hessian_keys == matrices
 
 
