@@ -497,7 +497,9 @@ def _finish(run: _Run, val, cfg: RunConfig, queue, num_phases: int, seconds, t_s
         arrays["target_bytes"] = run.token_bytes.numpy()[1:].astype(np.int32)
         arrays["positions"] = np.arange(1, run.tokens.numel(), dtype=np.int64)
     seconds["total_s"] = time.perf_counter() - t_start
-    return TTTResult(own=run.own, ensemble=run.own if t.peer_mode == "off" else run.ens, peer_mode=t.peer_mode,
+    # #2139 returns the own-only score when no batch reached the ensemble (K=1, or every batch smaller than K).
+    ensemble = run.own if t.peer_mode == "off" or (t.peer_mode == "seed" and covered == 0) else run.ens
+    return TTTResult(own=run.own, ensemble=ensemble, peer_mode=t.peer_mode,
                      compliant=t.peer_mode != "seed", coverage_tokens=covered, target_tokens=target_tokens,
                      routed_tokens=routed, num_batches=len(queue), num_global_phases=num_phases,
                      phase_seconds=seconds, **arrays)
