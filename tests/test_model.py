@@ -415,3 +415,23 @@ def test_matches_record_golden_values(tiny_cfg):
         for looping, loss in RECORD_GOLDEN_LOSS.items():
             m.set_looping(looping)
             assert m(ids[:, :-1], ids[:, 1:]).item() == pytest.approx(loss, abs=2e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_autocast_tracks_cpu_fp32(tiny_cfg):
+    """The training dtype path (CUDA, bf16 autocast, FA3 when installed) stays close to the fp32 reference."""
+    import copy
+
+    m = randomized(GPT(tiny_cfg.model))
+    m.set_looping(True)
+    ids = tokens(48, tiny_cfg.model.vocab_size, bos_at=(0, 17, 30))[None]
+    cu = torch.tensor([0, 17, 30, 48], dtype=torch.int32)
+    ref = m(ids, cu_seqlens=cu, max_seqlen=18)
+    gpu = copy.deepcopy(m).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = gpu(ids.cuda(), cu_seqlens=cu.cuda(), max_seqlen=18)
+        loss = gpu(ids[:, :-1].cuda(), ids[:, 1:].cuda())
+    assert out.dtype == torch.float32
+    assert (out.cpu() - ref).abs().mean() < 0.03
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in gpu.parameters())
