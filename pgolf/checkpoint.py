@@ -172,7 +172,7 @@ def save_model(path: str | os.PathLike, model: GPT) -> None:
 
 
 def load_model(path: str | os.PathLike, cfg: ModelConfig | RunConfig | None = None) -> GPT:
-    """A GPT (CPU, fp32 unless the file says otherwise per tensor) from a pgolf model file.
+    """A GPT (CPU, fp32: a bf16 tensor in the file is upcast) from a pgolf model file, looping off.
 
     Also accepts a bare state dict (the record's banked `final_model.pt`, or its unbanked
     naming); those carry no config, so `cfg` is then required.

@@ -209,6 +209,11 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    """The record's model for one `ModelConfig`, in fp32; built under `torch.device("meta")` it skips init.
+
+    Looping (depth recurrence) starts off; training switches it on with `set_looping(True)`.
+    """
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
