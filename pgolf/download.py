@@ -184,11 +184,11 @@ def download(variant: str, out_dir: str | Path, train_shards: int, repo_id: str 
         _place(src, dest, link=local_hub is None)  # never tie the files to a user's mirror
         num_fetched += 1
     manifest = _manifest(out_dir, spec, source, entry, tok_entry, files, progress)
-    manifest.update(num_files_fetched=num_fetched, seconds=round(time.perf_counter() - t0, 3))
     tmp = out_dir / (MANIFEST_NAME + ".part")
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")
     os.replace(tmp, out_dir / MANIFEST_NAME)
-    return manifest
+    # run facts go to the caller, not into the file: the manifest's hash must not depend on a resume
+    return {**manifest, "num_files_fetched": num_fetched, "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def _count(paths: list[Path]) -> tuple[int, int]:

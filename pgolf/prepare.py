@@ -100,10 +100,10 @@ def _load_docs(source: str) -> tuple[list[str], dict]:
 
 def _check_args(out_dir: Path, vocab_size: int, val_docs: int, caseops: bool, shard_tokens: int,
                 overwrite: bool) -> None:
-    if has_shards(out_dir) and not overwrite:
-        raise DataError(f"{out_dir}: already holds shards; pass --overwrite to replace them")
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: exists and is not a directory")
+    if has_shards(out_dir) and not overwrite:
+        raise DataError(f"{out_dir}: already holds shards; pass --overwrite to replace them")
     if val_docs < 1:
         raise DataError(f"--val-docs must be >= 1, got {val_docs}")
     if shard_tokens < 1:
@@ -116,7 +116,6 @@ def prepare_data(source: str, out_dir: str | Path, vocab_size: int, val_docs: in
                  shard_tokens: int, overwrite: bool, progress: bool = True, tokenizer: str | Path | None = None
                  ) -> dict:
     """Tokenize `source` into DIR (see the module docstring); returns the manifest written."""
-    t0 = time.perf_counter()
     out_dir = Path(out_dir)
     _check_args(out_dir, vocab_size, val_docs, caseops, shard_tokens, overwrite)
     docs, source_info = _load_docs(source)
@@ -134,8 +133,7 @@ def prepare_data(source: str, out_dir: str | Path, vocab_size: int, val_docs: in
     try:
         manifest = _build(tmp, val_texts, train_texts, vocab_size, caseops, shard_tokens, progress, tokenizer)
         manifest.update(source=source_info, corpus_sha256=source_info["sha256"],
-                        num_train_docs_dropped_as_val_duplicates=num_dropped,
-                        seconds=round(time.perf_counter() - t0, 3))
+                        num_train_docs_dropped_as_val_duplicates=num_dropped)
         _write_json(tmp / MANIFEST_NAME, manifest)
         _swap_in(tmp, out_dir)
     finally:
@@ -234,7 +232,7 @@ def manifest_sha256(data_dir: str | Path) -> str:
     return hashlib.sha256((Path(data_dir) / MANIFEST_NAME).read_bytes()).hexdigest()
 
 
-def summary_lines(out_dir: Path, m: dict) -> list[str]:
+def summary_lines(out_dir: Path, m: dict, seconds: float) -> list[str]:
     src = m["source"]
     where = src.get("path", f"embedded (Python {src.get('python')})")
     return [
@@ -247,14 +245,15 @@ def summary_lines(out_dir: Path, m: dict) -> list[str]:
         f"  train        {m['num_train_docs']:>8,} docs {m['num_train_tokens']:>12,} tokens "
         f"{m['num_train_shards']} shard(s)",
         f"  dropped      {m['num_train_docs_dropped_as_val_duplicates']} train docs identical to a val doc",
-        f"  took         {m['seconds']:.1f} s",
+        f"  took         {seconds:.1f} s",
     ]
 
 
 def cmd_prepare(args) -> int:
+    t0 = time.perf_counter()
     out_dir = Path(args.out)
     manifest = prepare_data(source=args.source, out_dir=out_dir, vocab_size=args.vocab_size, val_docs=args.val_docs,
                             caseops=args.caseops, shard_tokens=args.shard_tokens, overwrite=args.overwrite,
                             progress=True, tokenizer=args.tokenizer)
-    print("\n".join(summary_lines(out_dir, manifest)))
+    print("\n".join(summary_lines(out_dir, manifest, time.perf_counter() - t0)))
     return 0

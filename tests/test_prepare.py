@@ -55,6 +55,7 @@ def test_deterministic_and_dedups_val_copies(tmp_path):
     a = prepare_data(out_dir=tmp_path / "a", **kw)
     b = prepare_data(out_dir=tmp_path / "b", **kw)
     assert a["files"] == b["files"] and a["tokenizer_sha256"] == b["tokenizer_sha256"]
+    assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
     assert a["num_train_docs_dropped_as_val_duplicates"] == 1 and a["num_train_docs"] == 111
     assert a["source"]["kind"] == "jsonl" and a["source"]["file_sha256"] == file_sha256(src)
 
