@@ -32,8 +32,10 @@ IMPLS = ("fa3", "sdpa")
 
 # The SDPA path materializes a [T_chunk, T_chunk] mask and score matrix per call, so
 # packed rows are cut into chunks of whole documents of at most this many tokens
-# (a single longer document gets a chunk of its own).
-_SDPA_CHUNK_TOKENS = 2048
+# (a single longer document gets a chunk of its own and the mask-free causal kernel).
+# On CPU (cpu preset, 4096-token rows) 512 was ~9x faster than one 4096 chunk, and
+# ~2x faster than one call per document when documents are short (~40 tokens).
+_SDPA_CHUNK_TOKENS = 512
 
 
 def _choose_impl() -> str:
