@@ -422,7 +422,6 @@ def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool
     ("update", doc, positions) events in order (stream positions of targets).
     """
     t = cfg.ttt
-    d = get_dist()
     t_start = time.perf_counter()
     queue = build_queue(val.docs, t.batch_size)
     boundaries = phase_boundaries(t.phased_prefix_docs, t.phased_num_phases, sum(len(b.docs) for b in queue))
@@ -443,12 +442,14 @@ def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool
         claimer = _Claimer(f"pgolf_ttt/{next(_CALLS)}")
         t_eval = time.perf_counter()
         sgd_s = 0.0
-        lo, num_local = 0, 0
+        lo = 0
         ends = [nb for nb, _ in pauses] + [len(queue)]
         for seg, hi in enumerate(ends):
             while (qi := claimer.next(seg, lo, hi)) is not None:
                 run.process(queue[qi])
-                num_local += 1
+                if log is not None:
+                    log.event("ttt_batch", queue_idx=qi, batch=queue[qi].batch_idx, docs=len(queue[qi].docs),
+                              max_len=queue[qi].max_len, own_bpb=run.own.bpb(), elapsed_s=time.perf_counter() - t_start)
             if seg < len(pauses):
                 barrier()
                 t0 = time.perf_counter()
