@@ -255,3 +255,29 @@ def test_two_gloo_ranks_share_the_queue_and_match_one_process(tiny_cfg, tmp_path
         assert ntok == val.num_targets and nbytes == ref.own.sum_bytes
         assert nats == pytest.approx(ref.own.sum_nats, rel=1e-5)
         assert (got["counts"] == 1).all() and got["coverage"] == val.num_targets
+
+
+def test_prepared_data_every_target_and_byte_counted(tiny_cfg, tiny_data):
+    from pgolf.data import load_val
+
+    val = load_val(tiny_data, val_docs_limit=6)
+    cfg = small_cfg(tiny_cfg, peer_mode="causal", peer_k=2, phased_prefix_docs=2, global_chunk_tokens=64,
+                    eval_seq_len=32, chunk_size=16, short_chunk_steps=[[32, 8]])
+    res = run_ttt(fresh_model(cfg), val, cfg, dump=True)
+    assert res.own.num_tokens == res.ensemble.num_tokens == val.num_targets
+    assert res.own.sum_bytes == res.ensemble.sum_bytes == float(val.token_bytes[1:].sum()) > 0
+    assert (res.score_counts == 1).all() and res.num_global_phases == 1
+
+
+@pytest.mark.gpu
+def test_compiled_bf16_matches_eager_fp32_on_gpu(tiny_cfg):
+    """The CUDA fast path (torch.compile + bf16 autocast, compile warmup on random tokens) vs the CPU reference."""
+    cfg = small_cfg(tiny_cfg, peer_mode="causal", peer_k=2, phased_prefix_docs=3, global_chunk_tokens=16)
+    val = synthetic_val(DOC_TARGETS, cfg.model.vocab_size, seed=2)
+    ref = run_ttt(fresh_model(cfg), val, cfg)
+    fast_cfg = cfg.replace({"train.compile": "on"})
+    fast = run_ttt(fresh_model(cfg).cuda(), val, fast_cfg)
+    assert "compile_warmup_s" in fast.phase_seconds
+    assert fast.own.num_tokens == ref.own.num_tokens
+    assert fast.own.bpb() == pytest.approx(ref.own.bpb(), rel=2e-2)
+    assert fast.ensemble.bpb() == pytest.approx(ref.ensemble.bpb(), rel=2e-2)

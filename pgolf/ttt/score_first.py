@@ -196,6 +196,8 @@ class _Claimer:
         self.name = name
         self.store = None
         if dist.is_initialized() and dist.get_world_size() > 1:
+            # The process group's own key-value store: an atomic add shared by all ranks, no files
+            # (the seed used a flock'ed counter file in /tmp). torch has no public getter for it.
             self.store = dist.distributed_c10d._get_default_store()
         self.local: dict[str, int] = {}
 
