@@ -47,10 +47,7 @@ def _prepare_data(args, run_dir: Path, vocab_size: int) -> Path:
         return Path(args.data)
     data_dir = run_dir.parent / f"{run_dir.name}-data"
     manifest = data_dir / "manifest.json"
-    reuse = False
-    if manifest.exists():
-        m = json.loads(manifest.read_text())
-        reuse = m.get("vocab_size") == vocab_size and m.get("source_name") == _source_name(args.source)
+    reuse = manifest.exists() and _same_source(json.loads(manifest.read_text()), args.source, vocab_size)
     if is_main() and not reuse:
         _run_verb(["data", "prepare", "--source", args.source, "--out", str(data_dir),
                    "--vocab-size", str(vocab_size), "--overwrite"])
@@ -60,8 +57,17 @@ def _prepare_data(args, run_dir: Path, vocab_size: int) -> Path:
     return data_dir
 
 
-def _source_name(source: str) -> str:
-    return "embedded" if source == "embedded" else Path(source).name
+def _same_source(manifest: dict, source: str, vocab_size: int) -> bool:
+    """True when an existing data dir was prepared from this very source with this vocabulary."""
+    from pgolf.corpus import embedded_corpus_sha256
+    from pgolf.tokenizer import file_sha256
+
+    src = manifest.get("source", {})
+    if manifest.get("vocab_size") != vocab_size:
+        return False
+    if source == "embedded":
+        return src.get("kind") == "embedded" and src.get("sha256") == embedded_corpus_sha256()
+    return Path(source).exists() and src.get("file_sha256") == file_sha256(Path(source))
 
 
 def cmd_run(args) -> int:
