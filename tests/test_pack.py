@@ -180,3 +180,29 @@ def test_final_result_order():
     assert pack.final_result({"val_bpb_roundtrip": 1.2}) == ("val_bpb_roundtrip", 1.2)
     assert pack.final_result({"val_bpb_roundtrip": 1.2, "val_bpb_ttt_ensemble": 1.0}) == ("val_bpb_ttt_ensemble", 1.0)
     assert pack.final_result({}) is None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("PGOLF_SLOW"), reason="slow (about a minute on 2 CPU cores): set PGOLF_SLOW=1")
+def test_packed_file_reproduces_the_package(bare_python, tmp_path):
+    """Same config and seed: `pgolf run` and the packed train_gpt.py (bare venv, empty folder) agree exactly."""
+    cfg = load_preset("tiny").replace({"train.iterations": 3, "ttt.enabled": False})
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["OMP_NUM_THREADS"] = "1"  # identical reductions in both processes
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "cfg.json").write_text(cfg.to_json())
+    r = subprocess.run([sys.executable, "-m", "pgolf", "run", "--config", "cfg.json", "--out", "run", "--no-pack"],
+                       cwd=pkg, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = tmp_path / "record"
+    rec.mkdir()
+    (rec / "train_gpt.py").write_text(pack.build_train_gpt(cfg.to_json()))
+    r = subprocess.run([bare_python, "train_gpt.py"], cwd=rec, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = json.loads((pkg / "run" / "report.json").read_text())
+    b = json.loads((rec / "run" / "report.json").read_text())
+    for key in ("val_bpb", "val_bpb_roundtrip", "model_bytes", "steps"):
+        assert a[key] == b[key], key
+    assert b["code_bytes"] == os.path.getsize(rec / "train_gpt.py")
+    assert (pkg / "run" / ARTIFACT_NAME).read_bytes() == (rec / "run" / ARTIFACT_NAME).read_bytes()
