@@ -169,6 +169,8 @@ def test_pack_writes_record_folder(run_dir, tmp_path):
     assert sub["bytes_total"] == b["artifact_bytes"] and sub["bytes_model"] == b["model_bytes"]
     # The seed-mode ensemble is non-compliant, so the headline is own-only TTT.
     assert sub["val_bpb"] == 3.0 and sub["val_loss"] == 2.05
+    seed_row = sub["seed_results"][str(load_preset("tiny").train.seed)]
+    assert seed_row["val_bpb"] == 3.0 and seed_row["val_bpb_prequant"] == 3.1 and seed_row["val_bpb_ttt_ensemble"] == 2.9
     assert sub["seeds"] == [load_preset("tiny").train.seed] and sub["date"] == "2026-11-25"
     assert {"author", "name", "blurb", "track"} <= set(sub)
     readme = (out / "README.md").read_text()
