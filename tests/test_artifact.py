@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import struct
 
 import numpy as np
@@ -187,3 +188,21 @@ def test_unknown_compressor_and_unstorable_dtype(tmp_path):
     with pytest.raises(ArtifactError, match="cannot be stored"):
         write_artifact(tmp_path / "x.ptz", {"tensors": {"c": torch.zeros(2, dtype=torch.complex64)}, "meta": {}},
                        QuantConfig(compressor="zstd"))
+
+
+def test_missing_lrzip_is_reported_with_the_winning_coder(tmp_path, monkeypatch):
+    import shutil as _shutil
+
+    from pgolf.quant import codecs
+
+    real_which = _shutil.which
+    monkeypatch.setattr(codecs.shutil, "which", lambda name: None if name == "lrzip" else real_which(name))
+    info = write_artifact(tmp_path / "m.ptz", _qstate(), QuantConfig())
+    assert "lrzip" not in info.coders.values()
+    groups = [n for n in info.coders if n.startswith("group:")]
+    counts = {c: sum(info.coders[n] == c for n in groups) for c in set(info.coders[n] for n in groups)}
+    assert len(info.notes) == 1
+    m = re.fullmatch(r"lrzip not found, using (\S+) \(smallest on (\d+) of (\d+) groups\)", info.notes[0])
+    assert m is not None, info.notes[0]
+    assert counts[m.group(1)] == int(m.group(2)) == max(counts.values()) and int(m.group(3)) == len(groups)
+    _assert_same(_qstate(), read_artifact(tmp_path / "m.ptz"))

@@ -75,8 +75,8 @@ def test_lrzip_missing_is_reported_with_fallback(monkeypatch):
     real_which = shutil.which
     monkeypatch.setattr(codecs.shutil, "which", lambda name: None if name == "lrzip" else real_which(name))
     assert "lrzip" not in codecs.available_codecs()
-    assert codecs.lrzip_fallback_note() == f"lrzip not found, using {codecs.fallback_codec()} " \
-                                           "(and keeping brotli/zstd where smaller)"
+    assert codecs.lrzip_fallback_note() == f"lrzip not found, using {codecs.fallback_codec()}"
+    assert codecs.lrzip_fallback_note("zstd") == "lrzip not found, using zstd"
     assert codecs.fallback_codec() in codecs.available_codecs()
     assert "lrzip" not in codecs.entropy_coder_specs()
     with pytest.raises(ArtifactError, match="lrzip not found"):

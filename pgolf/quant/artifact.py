@@ -31,6 +31,7 @@ import os
 import struct
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,12 +129,16 @@ def encode_streams(qstate: QState, compressor: str) -> tuple[dict, list[tuple[st
     streams: list[tuple[str, str, bytes, int]] = []
     header: dict[str, Any] = {"order": list(tensors)}
     if compressor == "pergroup":
-        note = codecs.lrzip_fallback_note()
-        if note:
-            notes.append(note)
         split = pergroup.split_groups(tensors)
-        for key, (spec, blob) in pergroup.compress_groups(split.groups).items():
+        coded = pergroup.compress_groups(split.groups)
+        for key, (spec, blob) in coded.items():
             streams.append((f"group:{key}", spec, blob, len(split.groups[key])))
+        wins = Counter(spec for spec, _ in coded.values())
+        if wins:
+            best, n_won = wins.most_common(1)[0]
+            note = codecs.lrzip_fallback_note(f"{best} (smallest on {n_won} of {len(coded)} groups)")
+            if note:
+                notes.append(note)
         spec, blob = codecs.compress_best(split.perms, ("brotli", "lzma"))
         streams.append(("perms", spec, blob, len(split.perms)))
         manifest, raw = tensors_to_bytes(split.rest)
@@ -256,6 +261,9 @@ def read_artifact(path: str | Path) -> QState:
         if len(raw[s["name"]]) != int(s["raw_bytes"]):
             raise ArtifactError(f"{path}: stream {s['name']!r} decoded to {len(raw[s['name']])} bytes, "
                                 f"expected {s['raw_bytes']}")
+    required = {"rest", "perms"} if header["compressor"] == "pergroup" else {"tensors"}
+    if not required <= set(raw):
+        raise ArtifactError(f"{path}: {header['compressor']} artifact lacks streams {sorted(required - set(raw))}")
     if header["compressor"] == "pergroup":
         rest = tensors_from_bytes(header["manifest"], raw["rest"], f"{path}: stream 'rest'")
         split = pergroup.PerGroupSplit(
