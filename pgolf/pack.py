@@ -49,7 +49,7 @@ _MINIFY_OPTIONS = dict(rename_locals=False, rename_globals=False, hoist_literals
                        prefer_single_line=True)
 
 # The exec'd bootstrap. Placeholders are filled with repr() literals; keep it short, it is counted.
-_BOOTSTRAP = r'''import sys,os,io,importlib.abc as A,importlib.machinery as H,importlib.resources.abc as T,tempfile
+_BOOTSTRAP = r'''import sys,os,io,atexit,importlib.abc as A,importlib.machinery as H,importlib.resources.abc as T,tempfile
 M=@M@
 K=@K@
 R=@R@
@@ -87,7 +87,7 @@ if __name__=="__main__":
  if not a or a[0].startswith("-"):
   d=["run","--out","run","--no-pack"]+(["--data","data"] if os.path.isdir("data") else [])
   if C is not None:
-   f,c=tempfile.mkstemp(prefix="train_gpt_config_",suffix=".json");os.write(f,C.encode());os.close(f);d+=["--config",c]
+   f,c=tempfile.mkstemp(prefix="train_gpt_config_",suffix=".json");os.write(f,C.encode());os.close(f);d+=["--config",c];atexit.register(os.remove,c)
   a=d+a
  from pgolf.cli import main
  raise SystemExit(main(a))
