@@ -1,0 +1,520 @@
+"""The training loop: the record's wallclock-driven schedule around Muon + AdamW, EMA and a GPTQ reserve.
+
+One step, as the record runs it (every rank the same code; world size 1 is the same path):
+
+    progress p = elapsed / budget (or step / iterations without a cap), computed before the step
+    p -> sequence-length stage (a switch starts a linear LR re-warm), depth recurrence on at p >= 0.35
+    lr scale = warmdown(p) x re-warm; Muon momentum warms up 0.92 -> 0.97 by step
+    grad_accum micro-steps: packed row -> mean CE -> (loss / grad_accum).backward()
+    clip_grad_norm_ on this rank's LOCAL gradients (the record clips before any communication)
+    optimizers.step()  (all gradient communication happens in there; no DDP wrapper)
+    EMA(0.9965) of every weight, fp32, after each step
+    stop when step == iterations or the timed train time reaches the budget (MAX over ranks)
+
+The budget is `max_wallclock_seconds - gptq_reserve_seconds`: the reserve is spent right after the
+loop, still on the clock, collecting the GPTQ Hessians from training data with the EMA weights
+(the seed did this after its pre-quant eval, i.e. after the budget; pgolf does not). Validation
+and checkpoint writes pause the clock. A compile warmup (warmup_steps > 0 while compiling) runs
+before the clock starts and is then undone: initial weights and optimizer state restored, loader
+recreated, so it only pre-builds the graphs.
+
+A NaN/inf loss stops training before the optimizer step and saves checkpoint.pt (the last finite
+state) for inspection. `checkpoint.pt` holds everything a resume needs (weights, EMA, optimizer
+moments, step, elapsed seconds, loader cursor, re-warm state, RNG states and the config): a run
+stopped at step k and resumed ends bit-identical to an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import hashlib
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from pgolf import schedule
+from pgolf.config import RunConfig, TrainConfig
+from pgolf.distributed import all_reduce_max, all_reduce_sum, barrier, init_distributed, is_main
+from pgolf.errors import ConfigError, TrainingError
+from pgolf.loader import CalibrationSampler, DocumentPackingLoader
+from pgolf.runlog import RunLog
+
+RESULT_FILES = ("checkpoint.pt", "final_model.pt", "calibration.pt", "report.json", "train.jsonl", "config.json",
+                "final_model.int6.ptz")
+"""What a run directory holds after `train` (and `quantize`); --overwrite removes exactly these."""
+
+
+# --------------------------------------------------------------------------- batch geometry
+def grad_accum_steps(cfg: TrainConfig, world_size: int) -> int:
+    """Micro-steps per optimizer step: the config's, else 8 // world_size (at least 1) like the record."""
+    return cfg.grad_accum_steps or max(1, 8 // world_size)
+
+
+def local_micro_tokens(cfg: TrainConfig, world_size: int, grad_accum: int) -> int:
+    """Tokens per rank per micro-step; every stage length must divide it (as the seed checks)."""
+    denom = world_size * grad_accum
+    if cfg.train_batch_tokens % denom:
+        raise ConfigError(f"train.train_batch_tokens: {cfg.train_batch_tokens} is not divisible by "
+                          f"world_size x grad_accum_steps = {world_size} x {grad_accum}")
+    local_tokens = cfg.train_batch_tokens // denom
+    bad = sorted({n for n, _ in cfg.seq_len_stages if local_tokens % n})
+    if bad:
+        raise ConfigError(f"train.seq_len_stages: stage lengths {bad} do not divide the local micro-batch of "
+                          f"{local_tokens} tokens (train_batch_tokens {cfg.train_batch_tokens} / "
+                          f"({world_size} ranks x {grad_accum} micro-steps))")
+    return local_tokens
+
+
+# --------------------------------------------------------------------------- pieces of a step
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA, as the record trains; fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def forward_backward(forward: Callable, loader: DocumentPackingLoader, seq_len: int, grad_accum: int,
+                     device: torch.device) -> torch.Tensor:
+    """Accumulate the gradients of one optimizer step; returns the mean micro-step loss (detached)."""
+    total = torch.zeros((), device=device)
+    for _ in range(grad_accum):
+        x, y, cu_seqlens, max_seqlen = loader.next_batch(seq_len)
+        with autocast(device):
+            loss = forward(x, y, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+        (loss / grad_accum).backward()
+        total += loss.detach().float()
+    return total / grad_accum
+
+
+def apply_update(optimizers, params: list[torch.nn.Parameter], clip_norm: float) -> None:
+    """Clip the local gradients (record: before communication), step every optimizer, clear grads."""
+    if clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, clip_norm)
+    optimizers.step()
+    optimizers.zero_grad(set_to_none=True)
+
+
+class EMA:
+    """fp32 shadow of the full state dict: shadow = decay * shadow + (1 - decay) * weights, every step."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self._live = model.state_dict(keep_vars=True)
+        self.shadow = {k: t.detach().float().clone() for k, t in self._live.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for k, t in self._live.items():
+            self.shadow[k].mul_(self.decay).add_(t.detach().float(), alpha=1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.shadow.items()}
+
+    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        for k, v in self.shadow.items():
+            v.copy_(sd[k])
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        model.load_state_dict({k: v.to(self._live[k].dtype) for k, v in self.shadow.items()}, strict=True)
+
+
+# --------------------------------------------------------------------------- run state
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    """Python, numpy and torch generator states in weights_only-loadable form."""
+    version, keys, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {"python": [version, list(keys), gauss],
+             "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_has_gauss),
+                       float(np_gauss)],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    version, keys, gauss = state["python"]
+    random.setstate((version, tuple(keys), gauss))
+    name, keys_t, pos, has_gauss, gauss_np = state["numpy"]
+    np.random.set_state((name, keys_t.numpy().astype(np.uint32), pos, has_gauss, gauss_np))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _manifest_sha256(data_dir: Path) -> str | None:
+    p = Path(data_dir) / "manifest.json"
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+class _Clock:
+    """Timed training seconds; pauses (validation, checkpoints) are excluded, as in the record."""
+
+    def __init__(self, device: torch.device, elapsed_s: float = 0.0):
+        self.device = device
+        self.base_s = elapsed_s
+        self.t0 = None
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start(self) -> None:
+        self._sync()
+        self.t0 = time.perf_counter()
+
+    def elapsed_s(self) -> float:
+        return self.base_s + (time.perf_counter() - self.t0 if self.t0 is not None else 0.0)
+
+    @contextlib.contextmanager
+    def paused(self):
+        self._sync()
+        self.base_s, self.t0 = self.elapsed_s(), None
+        try:
+            yield
+        finally:
+            self.start()
+
+
+# --------------------------------------------------------------------------- train
+def train(cfg: RunConfig, data_dir, run_dir, resume: bool = False, *,
+          stop_after_steps: int | None = None) -> dict[str, Any]:
+    """Train `cfg` on DATA_DIR's shards into RUN_DIR; returns the summary (also merged into report.json).
+
+    `stop_after_steps` ends the loop after that many steps with checkpoint.pt written and none of
+    the end-of-run work, as if the process had been killed right after a checkpoint: the run
+    continues with `resume=True`. (It is the seed's FORCE_STOP_STEP without the schedule change.)
+    """
+    from pgolf.checkpoint import load_train_state, save_model, save_train_state
+    from pgolf.data import load_val, train_files
+    from pgolf.model import GPT
+    from pgolf.optim import build_optimizers
+    from pgolf.report import update_report, write_config
+
+    d = init_distributed()
+    dev = d.device
+    run_dir, data_dir = Path(run_dir), Path(data_dir)
+    tc = cfg.train
+    t_setup = time.perf_counter()
+    ckpt_path = run_dir / "checkpoint.pt"
+    saved = None
+    if resume:
+        if not ckpt_path.exists():
+            raise TrainingError(f"{ckpt_path}: no checkpoint to resume from")
+        saved = load_train_state(ckpt_path)
+        saved_cfg = RunConfig.from_dict(json.loads(saved["config"]))
+        diff = saved_cfg.diff(cfg)
+        if diff:
+            raise ConfigError(f"{ckpt_path}: written with a different config ({', '.join(diff)} differ); "
+                              f"resume with --config {run_dir / 'config.json'}")
+        if int(saved["world_size"]) != d.world_size:
+            raise ConfigError(f"{ckpt_path}: written by {saved['world_size']} processes, resuming with "
+                              f"{d.world_size}; the loader cursor assumes the same world size")
+    barrier()
+    log = RunLog(run_dir / "train.jsonl")
+    write_config(run_dir, cfg)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    _seed_everything(tc.seed)
+    grad_accum = grad_accum_steps(tc, d.world_size)
+    local_tokens = local_micro_tokens(tc, d.world_size, grad_accum)
+    budget_s = schedule.training_budget_s(tc)
+    files = train_files(data_dir)
+    val = load_val(data_dir, include_tail=cfg.eval.include_tail, val_docs_limit=cfg.eval.val_docs_limit,
+                   seq_len=cfg.eval.eval_seq_len)
+    model = GPT(cfg.model).to(dev)
+    opt = build_optimizers(model, tc)
+    clip_params = [p for p in model.parameters() if p.requires_grad]
+    compiling = tc.compile == "on" or (tc.compile == "auto" and dev.type == "cuda")
+    # Compile at the call site; `model` stays eager for eval, calibration and saving.
+    forward = torch.compile(model, dynamic=False, fullgraph=True) if compiling else model
+    seq_sched = schedule.SeqLenSchedule.from_config(tc)
+    model_params = sum(p.numel() for p in model.parameters())
+    log.event("setup", model_params=model_params, world_size=d.world_size, grad_accum_steps=grad_accum,
+              local_microbatch_tokens=local_tokens, train_seq_schedule=schedule.format_seq_schedule(tc.seq_len_stages),
+              budget_s=budget_s if math.isfinite(budget_s) else 0.0, train_shards=len(files),
+              val_targets=val.num_targets, device=str(dev), compile=compiling, resume=resume)
+
+    def new_loader() -> DocumentPackingLoader:
+        return DocumentPackingLoader(files, d.rank, d.world_size, local_tokens, dev)
+
+    warmup_s = 0.0
+    if compiling and tc.warmup_steps > 0 and saved is None:
+        warmup_s = _compile_warmup(cfg, model, forward, opt, clip_params, new_loader(), grad_accum, dev, log)
+    loader = new_loader()
+    ema = EMA(model, tc.ema_decay) if tc.ema_decay > 0 else None
+    rewarm = schedule.ReWarm(tc.seq_change_warmup_steps)
+    step, elapsed_s, active_seq_len = 0, 0.0, None
+    if saved is not None:
+        model.load_state_dict({k: v.to(dev) for k, v in saved["model"].items()}, strict=True)
+        opt.load_state_dict(saved["optimizers"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
+        loader.load_state(saved["loader"])
+        rewarm.load_state(saved["rewarm"])
+        model.set_looping(bool(saved["looping"]))
+        step, elapsed_s, active_seq_len = int(saved["step"]), float(saved["elapsed_s"]), saved["active_seq_len"]
+        _set_rng_state(saved["rng"])
+        log.event("resume", step=step, elapsed_s=elapsed_s)
+        saved = None
+
+    def checkpoint(loader_state: dict, weights: dict | None = None) -> None:
+        """Every rank takes part (the optimizer gathers its shards); rank 0 writes."""
+        state = {"config": cfg.to_json(), "world_size": d.world_size, "step": step, "elapsed_s": clock.elapsed_s(),
+                 "model": weights if weights is not None else _cpu_state(model),
+                 "ema": ema.state_dict() if ema is not None else None, "optimizers": opt.state_dict(),
+                 "loader": loader_state, "rewarm": rewarm.state(), "active_seq_len": active_seq_len,
+                 "looping": model.looping, "rng": _rng_state()}
+        if is_main():
+            save_train_state(ckpt_path, state)
+        barrier()
+
+    def validate(tag: str) -> dict[str, float]:
+        from pgolf.evaluate import eval_packed
+
+        t = time.perf_counter()
+        meter = eval_packed(model, val, cfg.eval)
+        rec = {"val_loss": meter.loss(), "val_bpb": meter.bpb(), "seconds": time.perf_counter() - t}
+        log.event("val", tag=tag, step=step, **rec)
+        return rec
+
+    losses: list[float] = []
+    start_step = step
+    setup_s = time.perf_counter() - t_setup
+    clock = _Clock(dev, elapsed_s)
+    start_elapsed_s = elapsed_s
+    clock.start()
+    stopped_by = "iterations"
+    while step < tc.iterations:
+        elapsed_s = clock.elapsed_s()
+        p = schedule.progress(elapsed_s, step, tc)
+        seq_len = seq_sched.lookup(p)
+        if seq_len != active_seq_len:
+            active_seq_len = seq_len
+            log.event("stage", step=step, seq_len=seq_len, progress=p)
+            if rewarm.start(step):
+                log.event("rewarm", step=step, steps=rewarm.steps, seq_len=seq_len)
+        if cfg.model.num_loops > 0 and not model.looping and schedule.looping_active(p, tc.enable_looping_at):
+            model.set_looping(True)
+            enc, dec = model.layer_schedule()
+            log.event("looping", step=step, progress=p, encoder=enc, decoder=dec)
+        lr_scale = schedule.lr_scale(p, step, tc, rewarm)
+        opt.set_lr_scale(lr_scale)
+        opt.set_muon_momentum(schedule.muon_momentum(step, tc.muon_momentum_warmup_start, tc.muon_momentum,
+                                                     tc.muon_momentum_warmup_steps))
+        loader_before = loader.state()
+        loss = forward_backward(forward, loader, seq_len, grad_accum, dev)
+        # The mean over ranks is what a single process with the same global batch would report,
+        # and a non-finite loss on any rank stops every rank at the same step.
+        loss_value = all_reduce_sum(loss.reshape(1)).item() / d.world_size
+        if not math.isfinite(loss_value):
+            opt.zero_grad(set_to_none=True)
+            with clock.paused():
+                checkpoint(loader_before)
+            log.event("nan", step=step, loss=loss_value)
+            raise TrainingError(f"non-finite training loss ({loss_value}) at step {step}; the last finite state "
+                                f"is saved in {ckpt_path}")
+        apply_update(opt, clip_params, tc.grad_clip_norm)
+        if ema is not None:
+            ema.update()
+        step += 1
+        losses.append(loss_value)
+        elapsed_s = clock.elapsed_s()
+        stop = torch.tensor([float(schedule.wallclock_reached(elapsed_s, tc))], device=dev)
+        if math.isfinite(budget_s) and all_reduce_max(stop).item() > 0:
+            stopped_by = "wallclock"
+        last = stopped_by == "wallclock" or step >= tc.iterations or step == stop_after_steps
+        if step <= 5 or (tc.train_log_every > 0 and step % tc.train_log_every == 0) or last:
+            log.event("step", step=step, loss=loss_value, lr_scale=lr_scale, seq_len=seq_len, looping=model.looping,
+                      tokens_per_s=(step - start_step) * tc.train_batch_tokens / max(elapsed_s - start_elapsed_s, 1e-9),
+                      elapsed_s=elapsed_s)
+        if tc.val_loss_every > 0 and step % tc.val_loss_every == 0 and not last:
+            with clock.paused():
+                validate("periodic")
+        if (tc.checkpoint_every > 0 and step % tc.checkpoint_every == 0) or step == stop_after_steps:
+            with clock.paused():
+                checkpoint(loader.state())
+        if step == stop_after_steps:
+            log.event("stopped", step=step, reason="stop_after_steps")
+            return {"stopped_at_step": step, "losses": losses, "checkpoint": str(ckpt_path)}
+        if stopped_by == "wallclock":
+            log.event("wallclock_stop", step=step, elapsed_s=elapsed_s, budget_s=budget_s)
+            break
+    train_s = clock.elapsed_s()
+
+    # ---- the GPTQ reserve: EMA weights, then Hessians from training data, still on the clock
+    raw_weights = _cpu_state(model)
+    if ema is not None:
+        ema.copy_to(model)
+        log.event("ema", decay=tc.ema_decay)
+    model.set_looping(cfg.model.num_loops > 0)  # the final model is evaluated and quantized looped
+    calib = _calibrate(cfg, model, files, d.rank, d.world_size, local_tokens)
+    total_s = train_s + calib["seconds"]
+    log.event("calibration", num_hessians=len(calib["hessians"]), seconds=calib["seconds"], train_s=train_s,
+              total_s=total_s, within_wallclock=(tc.max_wallclock_seconds <= 0 or total_s <= tc.max_wallclock_seconds))
+    if is_main():
+        torch.save(calib, run_dir / "calibration.pt")
+        save_model(run_dir / "final_model.pt", model)
+    clock = _Clock(dev, train_s)  # the checkpoint records the loop's elapsed time, not the calibration
+    checkpoint(loader.state(), weights=raw_weights)
+
+    # ---- validation, off the clock: post-EMA (the result), then the raw weights
+    val_post = validate("post_ema")
+    val_pre = val_post
+    if ema is not None:
+        ema_weights = _cpu_state(model)
+        model.load_state_dict(raw_weights)
+        val_pre = validate("pre_ema")
+        model.load_state_dict(ema_weights)
+    steps_run = step - start_step
+    summary = {
+        "model_params": model_params, "steps": step, "train_seconds": train_s,
+        "tokens_per_second": steps_run * tc.train_batch_tokens / max(train_s - start_elapsed_s, 1e-9),
+        "val_loss": val_post["val_loss"], "val_bpb": val_post["val_bpb"], "val_bpb_pre_ema": val_pre["val_bpb"],
+        "val_loss_pre_ema": val_pre["val_loss"], "calibration_seconds": calib["seconds"],
+        "final_train_loss": losses[-1] if losses else None, "stopped_by": stopped_by,
+        "data_manifest_sha256": _manifest_sha256(data_dir), "data_dir": str(data_dir),
+        "phase_seconds": {"train_setup": setup_s, "compile_warmup": warmup_s, "train": train_s,
+                          "calibration": calib["seconds"], "train_val": val_post["seconds"] + (
+                              val_pre["seconds"] if val_pre is not val_post else 0.0)},
+        "config": cfg.to_dict(),
+    }
+    update_report(run_dir, summary)
+    log.event("done", **{k: v for k, v in summary.items() if k not in ("config", "phase_seconds")})
+    log.close()
+    barrier()
+    return {**summary, "losses": losses}
+
+
+def _compile_warmup(cfg: RunConfig, model, forward, opt, clip_params, loader, grad_accum: int,
+                    dev: torch.device, log: RunLog) -> float:
+    """Build the compiled graphs before the clock starts, then undo every weight and optimizer change.
+
+    As the seed: one forward/backward per (stage length, looping) shape the schedule will need,
+    then warmup_steps real steps plain and warmup_steps looped at the first stage's cap.
+    """
+    tc = cfg.train
+    t = time.perf_counter()
+    initial_weights = _cpu_state(model)
+    initial_opt = opt.state_dict()
+    shapes, start = [], 0.0
+    for seq_len, until in tc.seq_len_stages:
+        for looped in (False, True) if cfg.model.num_loops > 0 else (False,):
+            spans_loop = until > tc.enable_looping_at
+            spans_plain = start < tc.enable_looping_at
+            if ((looped and spans_loop) or (not looped and spans_plain)) and (seq_len, looped) not in shapes:
+                shapes.append((seq_len, looped))
+        start = until
+    for seq_len, looped in shapes:
+        model.set_looping(looped)
+        forward_backward(forward, loader, seq_len, 1, dev)
+        opt.zero_grad(set_to_none=True)
+    first_seq_len = tc.seq_len_stages[0][0]
+    for looped in (False, True) if cfg.model.num_loops > 0 else (False,):
+        model.set_looping(looped)
+        for _ in range(tc.warmup_steps):
+            forward_backward(forward, loader, first_seq_len, grad_accum, dev)
+            apply_update(opt, clip_params, tc.grad_clip_norm)
+    model.set_looping(False)
+    model.load_state_dict({k: v.to(dev) for k, v in initial_weights.items()}, strict=True)
+    opt.load_state_dict(initial_opt)
+    opt.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - t
+    log.event("compile_warmup", shapes=[f"{n}x{'loop' if lp else 'plain'}" for n, lp in shapes],
+              steps=tc.warmup_steps, seconds=seconds)
+    return seconds
+
+
+def _calibrate(cfg: RunConfig, model, files, rank: int, world_size: int, local_tokens: int) -> dict[str, Any]:
+    """GPTQ Hessians and activation RMS from random training windows (each rank its own shards)."""
+    from pgolf.quant.calibrate import collect_hessians
+
+    t = time.perf_counter()
+    seq_len = cfg.quant.calibration_seq_len or cfg.train.max_seq_len
+    # The record's calibration batch is one micro-batch worth of tokens: 32 windows of 3072 per rank.
+    num_windows = max(1, local_tokens // seq_len)
+    sampler = CalibrationSampler(files, rank, world_size, seq_len)
+    batches = (sampler.next_batch(num_windows) for _ in range(cfg.quant.calibration_batches))
+    hessians, act_rms = collect_hessians(model, batches)
+    return {"hessians": hessians, "act_rms": act_rms, "seconds": time.perf_counter() - t}
+
+
+# --------------------------------------------------------------------------- CLI
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to train over earlier results unless asked; --overwrite removes only pgolf's own files."""
+    found = [n for n in RESULT_FILES if (run_dir / n).exists()]
+    if resume:
+        if overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other; pick one")
+        return
+    if found and not overwrite:
+        raise ConfigError(f"{run_dir}: holds results of an earlier run ({', '.join(found)}); pass --resume to "
+                          f"continue it or --overwrite to start over")
+    if found and is_main():
+        for n in found:
+            (run_dir / n).unlink()
+    barrier()
+
+
+def config_from_args(args) -> RunConfig:
+    """--config or --preset, then --env knobs, then --set overrides, then the dedicated flags."""
+    from pgolf.config import load_json, load_preset, parse_set_args
+    from pgolf.envknobs import config_from_env
+
+    cfg = load_json(args.config) if args.config else load_preset(args.preset)
+    if getattr(args, "env", False):
+        cfg = config_from_env(os.environ, cfg)
+    overrides: dict[str, Any] = dict(parse_set_args(getattr(args, "set", None)))
+    if args.max_steps is not None:
+        overrides["train.iterations"] = args.max_steps
+    if args.max_seconds is not None:
+        overrides["train.max_wallclock_seconds"] = args.max_seconds
+    if args.seed is not None:
+        overrides["train.seed"] = args.seed
+    return cfg.replace(overrides) if overrides else cfg
+
+
+def cmd_train(args) -> int:
+    """`pgolf train`: resolve the config, guard the run directory, train, print a summary."""
+    from pgolf.distributed import cleanup, print0
+    from pgolf.envknobs import ignored_knobs
+
+    cfg = config_from_args(args)
+    run_dir = Path(args.out)
+    init_distributed()
+    if getattr(args, "env", False):
+        for line in ignored_knobs(os.environ):
+            print0(f"env: ignored {line}")
+    prepare_run_dir(run_dir, args.resume, args.overwrite)
+    try:
+        s = train(cfg, args.data, run_dir, resume=args.resume)
+        print0(
+            f"\ntrained {cfg.preset}: {s['steps']} steps in {s['train_seconds']:.1f} s "
+            f"({s['tokens_per_second']:,.0f} tokens/s), {s['model_params']:,} parameters\n"
+            f"  val bpb {s['val_bpb']:.4f} (EMA)   {s['val_bpb_pre_ema']:.4f} (raw weights)   "
+            f"last train loss {s['final_train_loss']:.4f}\n"
+            f"  calibration {s['calibration_seconds']:.1f} s inside the budget; wrote {run_dir}/final_model.pt, "
+            f"calibration.pt, checkpoint.pt, report.json")
+    finally:
+        cleanup()  # after the last print0: it would start a new process group
+    return 0
