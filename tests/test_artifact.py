@@ -206,3 +206,22 @@ def test_missing_lrzip_is_reported_with_the_winning_coder(tmp_path, monkeypatch)
     assert m is not None, info.notes[0]
     assert counts[m.group(1)] == int(m.group(2)) == max(counts.values()) and int(m.group(3)) == len(groups)
     _assert_same(_qstate(), read_artifact(tmp_path / "m.ptz"))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pergroup_random_layouts_roundtrip(seed, tmp_path):
+    """Random layer counts, shapes and missing roles: split/merge and the container stay exact."""
+    rng = np.random.default_rng(seed)
+    t: dict[str, torch.Tensor] = {}
+    for i in range(int(rng.integers(1, 4))):
+        for role in pergroup.ROLES[1:]:
+            if rng.random() < 0.7:
+                shape = tuple(int(x) for x in rng.integers(1, 9, 2))
+                t[f"blocks.{i}.{role}.weight.q"] = torch.from_numpy(rng.integers(-128, 128, shape).astype(np.int8))
+    t["tok_emb.weight.q"] = torch.from_numpy(rng.integers(-63, 64, (int(rng.integers(1, 20)), 5)).astype(np.int8))
+    t["tok_emb.weight.scale"] = torch.from_numpy(rng.random(3).astype(np.float16))
+    back = pergroup.merge_groups(pergroup.split_groups(t))
+    assert set(back) == set(t) and all(torch.equal(back[n], v) for n, v in t.items())
+    qs = {"tensors": t, "meta": {"seed": seed}}
+    write_artifact(tmp_path / "m.ptz", qs, QuantConfig())
+    _assert_same(qs, read_artifact(tmp_path / "m.ptz"))

@@ -7,6 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pgolf.errors import ArtifactError
 from pgolf.quant import codecs
@@ -95,3 +97,12 @@ def test_order0_entropy():
     assert codecs.order0_entropy_bits(np.zeros(100, np.int8)) == 0.0
     assert codecs.order0_entropy_bits(np.arange(256).astype(np.uint8)) == pytest.approx(8.0)
     assert codecs.order0_entropy_bits(np.array([0, 1, 0, 1])) == pytest.approx(1.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(max_size=3000), stride=st.integers(1, 9),
+       codec=st.sampled_from(["brotli", "lzma", "zstd", "raw"]))
+def test_property_spec_roundtrip(data, stride, codec):
+    spec = f"shuffle{stride}+{codec}"
+    assert codecs.byte_unshuffle(codecs.byte_shuffle(data, stride), stride) == data
+    assert codecs.decompress_spec(codecs.compress_spec(data, spec), spec) == data

@@ -161,7 +161,7 @@ def merge_groups(split: PerGroupSplit) -> dict[str, torch.Tensor]:
             unsorted = np.empty_like(m)
             unsorted[order] = m
             m = unsorted
-        out[entry["name"]] = torch.from_numpy(np.ascontiguousarray(m))
+        out[entry["name"]] = torch.from_numpy(m.copy(order="C"))  # own, writable memory (frombuffer is read-only)
     assert all(offsets[k] == len(v) for k, v in split.groups.items()), "group stream has trailing bytes"
     assert perm_off == len(split.perms), "permutation stream has trailing bytes"
     out.update(split.rest)
