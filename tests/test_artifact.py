@@ -225,3 +225,14 @@ def test_pergroup_random_layouts_roundtrip(seed, tmp_path):
     qs = {"tensors": t, "meta": {"seed": seed}}
     write_artifact(tmp_path / "m.ptz", qs, QuantConfig())
     _assert_same(qs, read_artifact(tmp_path / "m.ptz"))
+
+
+def test_malformed_header_refused(tmp_path):
+    import brotli
+
+    tag = artifact.FORMAT_TAG.encode()
+    header = brotli.compress(b'{"format": "pgolf-artifact-v1", "streams": [{"name": "x"}]}')
+    bad = tmp_path / "bad.ptz"
+    bad.write_bytes(artifact.MAGIC + struct.pack("<B", len(tag)) + tag + struct.pack("<I", len(header)) + header)
+    with pytest.raises(ArtifactError, match="header is malformed"):
+        read_artifact(bad)

@@ -226,7 +226,12 @@ def _parse(data: bytes, where: str) -> tuple[dict, int]:
     except (brotli.error, ValueError) as e:
         raise ArtifactError(f"{where}: header is corrupt ({e})") from None
     pos += n_header
-    expected = pos + sum(int(s["bytes"]) for s in header["streams"]) + CHECKSUM_BYTES
+    try:
+        if not isinstance(header, dict) or header.get("format") != FORMAT_TAG:
+            raise TypeError("not a header")
+        expected = pos + sum(int(s["bytes"]) for s in header["streams"]) + CHECKSUM_BYTES
+    except (KeyError, TypeError, ValueError):
+        raise ArtifactError(f"{where}: header is malformed (no {FORMAT_TAG} stream table)") from None
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "has trailing bytes"
         raise ArtifactError(f"{where}: {what}: {len(data)} bytes on disk, the header describes {expected}")
