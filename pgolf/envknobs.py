@@ -6,7 +6,8 @@ accepts the same variables so those command lines keep working; this module is t
 only place pgolf reads them. Every name the seed reads falls in one of four classes:
 
     mapped    sets a config field (NUM_LAYERS -> model.num_layers), possibly parsed
-              from the seed's string forms (TRAIN_SEQ_SCHEDULE="1024@0.100,...")
+              from the seed's string forms (TRAIN_SEQ_SCHEDULE="1024@0.100,...", with
+              pgolf.schedule's parsers)
     fixed     a switch pgolf implements only one way; the seed's value is accepted,
               any other is a ConfigError (TIE_EMBEDDINGS must stay 1)
     ignored   read by the seed but meaningless here: dead knobs (EVAL_STRIDE,
@@ -25,6 +26,7 @@ from typing import Any, Callable, Mapping
 
 from pgolf.config import RunConfig
 from pgolf.errors import ConfigError
+from pgolf.schedule import parse_seq_schedule, parse_short_chunk_steps
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -52,45 +54,8 @@ def _str(name: str, raw: str) -> str:
     return raw.strip().lower()
 
 
-def parse_seq_schedule(name: str, raw: str) -> tuple[tuple[int, float], ...]:
-    """'1024@0.100,2048@0.700,3072@1.000' -> ((1024, 0.1), (2048, 0.7), (3072, 1.0)).
-
-    As the seed: stages sorted by progress; a (last length, 1.0) stage appended when the
-    last threshold is below 1; empty means one stage of TRAIN_SEQ_LEN (resolved by the caller).
-    """
-    stages = []
-    for part in (p.strip() for p in raw.split(",")):
-        if not part:
-            continue
-        seq_raw, at, frac_raw = part.partition("@")
-        try:
-            seq_len, frac = int(seq_raw), float(frac_raw)
-        except ValueError:
-            seq_len, frac = 0, -1.0
-        if not at or seq_len <= 0 or not 0 < frac <= 1:
-            raise ConfigError(f"{name}: bad stage {part!r}; expected SEQ@PROGRESS like 1024@0.100 "
-                              f"(SEQ > 0, PROGRESS in (0, 1])")
-        stages.append((seq_len, frac))
-    stages.sort(key=lambda s: s[1])
-    if stages and stages[-1][1] < 1.0:
-        stages.append((stages[-1][0], 1.0))
-    return tuple(stages)
-
-
-def parse_chunk_steps(name: str, raw: str) -> tuple[tuple[int, int], ...]:
-    """'256:8,2000:24' -> ((256, 8), (2000, 24)) (max doc length : chunk size)."""
-    out = []
-    for part in (p.strip() for p in raw.split(",")):
-        if not part:
-            continue
-        a, colon, b = part.partition(":")
-        try:
-            out.append((int(a), int(b)))
-        except ValueError:
-            raise ConfigError(f"{name}: bad entry {part!r}; expected MAXLEN:CHUNK like 256:8") from None
-        if not colon:
-            raise ConfigError(f"{name}: bad entry {part!r}; expected MAXLEN:CHUNK like 256:8")
-    return tuple(sorted(out))
+def _chunk_steps(name: str, raw: str) -> tuple[tuple[int, int], ...]:
+    return parse_short_chunk_steps(raw, field=name)
 
 
 # name -> (config field(s), parser). SEED also seeds the peer draw, as in #2139.
@@ -113,7 +78,6 @@ MAPPED: dict[str, tuple[tuple[str, ...], Callable]] = {
     # train
     "SEED": (("train.seed", "ttt.peer_seed"), _int), "ITERATIONS": (("train.iterations",), _int),
     "TRAIN_BATCH_TOKENS": (("train.train_batch_tokens",), _int),
-    "TRAIN_SEQ_SCHEDULE": (("train.seq_len_stages",), parse_seq_schedule),
     "SEQ_CHANGE_WARMUP_STEPS": (("train.seq_change_warmup_steps",), _int),
     "MAX_WALLCLOCK_SECONDS": (("train.max_wallclock_seconds",), _float),
     "GPTQ_RESERVE_SECONDS": (("train.gptq_reserve_seconds",), _float),
@@ -148,7 +112,7 @@ MAPPED: dict[str, tuple[tuple[str, ...], Callable]] = {
     # ttt
     "TTT_ENABLED": (("ttt.enabled",), _bool), "TTT_EVAL_SEQ_LEN": (("ttt.eval_seq_len",), _int),
     "TTT_BATCH_SIZE": (("ttt.batch_size",), _int), "TTT_CHUNK_SIZE": (("ttt.chunk_size",), _int),
-    "TTT_SHORT_SCORE_FIRST_STEPS": (("ttt.short_chunk_steps",), parse_chunk_steps),
+    "TTT_SHORT_SCORE_FIRST_STEPS": (("ttt.short_chunk_steps",), _chunk_steps),
     "TTT_LORA_RANK": (("ttt.lora_rank",), _int), "TTT_LORA_ALPHA": (("ttt.lora_alpha",), _float),
     "TTT_LORA_LR": (("ttt.lora_lr",), _float), "TTT_LOCAL_LR_MULT": (("ttt.local_lr_mult",), _float),
     "TTT_BETA1": (("ttt.beta1",), _float), "TTT_BETA2": (("ttt.beta2",), _float),
@@ -165,8 +129,8 @@ MAPPED: dict[str, tuple[tuple[str, ...], Callable]] = {
     "TTT_PEER_CONF_BLEND_W": (("ttt.peer_blend_w",), _float),
 }
 
-# Handled specially in config_from_env: the largest stage / the TTT mask's Q and V bits.
-SPECIAL = ("TRAIN_SEQ_LEN", "TTT_Q_LORA", "TTT_V_LORA", "TTT_SHORT_SCORE_FIRST_ENABLED")
+# Handled specially in config_from_env: the stages and their largest length / the TTT mask's Q and V bits.
+SPECIAL = ("TRAIN_SEQ_SCHEDULE", "TRAIN_SEQ_LEN", "TTT_Q_LORA", "TTT_V_LORA", "TTT_SHORT_SCORE_FIRST_ENABLED")
 
 # Switches pgolf implements one way only: the seed's (only) accepted value, compared as a string.
 FIXED: dict[str, str] = {
@@ -265,20 +229,21 @@ def _same_number(a: str, b: str) -> bool:
 
 
 def _apply_seq_len(env: dict[str, str], base: RunConfig, flat: dict[str, Any]) -> None:
-    """TRAIN_SEQ_LEN is the seed's largest stage; it must agree with TRAIN_SEQ_SCHEDULE."""
-    stages = flat.get("train.seq_len_stages")
-    if "TRAIN_SEQ_LEN" in env:
-        seq_len = _int("TRAIN_SEQ_LEN", env["TRAIN_SEQ_LEN"])
-        if stages is None and "TRAIN_SEQ_SCHEDULE" not in env:
-            stages = base.train.seq_len_stages
-        if not stages:
-            stages = ((seq_len, 1.0),)
-        if max(n for n, _ in stages) != seq_len:
-            raise ConfigError(f"TRAIN_SEQ_LEN={seq_len} must equal the largest stage of TRAIN_SEQ_SCHEDULE "
-                              f"({max(n for n, _ in stages)})")
-        flat["train.seq_len_stages"] = stages
-    elif stages == ():
-        flat["train.seq_len_stages"] = ((base.train.max_seq_len, 1.0),)
+    """TRAIN_SEQ_SCHEDULE (the seed's string form) and TRAIN_SEQ_LEN, which must be its largest stage.
+
+    As in the seed, an empty schedule means one stage of TRAIN_SEQ_LEN.
+    """
+    seq_len = _int("TRAIN_SEQ_LEN", env["TRAIN_SEQ_LEN"]) if "TRAIN_SEQ_LEN" in env else None
+    if "TRAIN_SEQ_SCHEDULE" in env:
+        stages = parse_seq_schedule(env["TRAIN_SEQ_SCHEDULE"], seq_len or base.train.max_seq_len)
+    elif seq_len is not None:
+        stages = base.train.seq_len_stages
+    else:
+        return
+    if seq_len is not None and max(n for n, _ in stages) != seq_len:
+        raise ConfigError(f"TRAIN_SEQ_LEN={seq_len} must equal the largest stage of TRAIN_SEQ_SCHEDULE "
+                          f"({max(n for n, _ in stages)})")
+    flat["train.seq_len_stages"] = stages
 
 
 def _apply_ttt_mask(env: dict[str, str], base: RunConfig, flat: dict[str, Any]) -> None:

@@ -214,6 +214,9 @@ def train(cfg: RunConfig, data_dir, run_dir, resume: bool = False, *,
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     tc = cfg.train
     t_setup = time.perf_counter()
+    grad_accum = grad_accum_steps(tc, d.world_size)
+    local_tokens = local_micro_tokens(tc, d.world_size, grad_accum)
+    budget_s = schedule.training_budget_s(tc)
     ckpt_path = run_dir / "checkpoint.pt"
     saved = None
     if resume:
@@ -236,9 +239,6 @@ def train(cfg: RunConfig, data_dir, run_dir, resume: bool = False, *,
         torch.backends.cudnn.allow_tf32 = True
 
     _seed_everything(tc.seed)
-    grad_accum = grad_accum_steps(tc, d.world_size)
-    local_tokens = local_micro_tokens(tc, d.world_size, grad_accum)
-    budget_s = schedule.training_budget_s(tc)
     files = train_files(data_dir)
     val = load_val(data_dir, include_tail=cfg.eval.include_tail, val_docs_limit=cfg.eval.val_docs_limit,
                    seq_len=cfg.eval.eval_seq_len)
