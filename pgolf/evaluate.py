@@ -278,7 +278,7 @@ def eval_config(args) -> RunConfig:
 def _data_dir(args, run_dir: Path) -> Path:
     from pgolf.report import read_report
 
-    if args.data:
+    if getattr(args, "data", None):
         return Path(args.data)
     recorded = read_report(run_dir).get("data_dir")
     if not recorded:
@@ -365,6 +365,7 @@ def cmd_eval(args) -> int:
                    seq_len=cfg.eval.eval_seq_len)
     prequant = bool(getattr(args, "prequant", False))
     ttt = bool(getattr(args, "ttt", False))
+    dump_spec = getattr(args, "dump_nll", None)
     log = RunLog(run_dir / "eval.jsonl")
     phases: dict[str, float] = {}
     fields: dict = {"target_tokens": val.num_targets, "target_bytes": val.target_bytes_total}
@@ -372,7 +373,7 @@ def cmd_eval(args) -> int:
 
     model, phases["eval_load_s"] = load_eval_model(run_dir, prequant=prequant, cfg=cfg)
     log.info(f"Deserialize: {'load' if prequant else 'decompression'} done in {phases['eval_load_s']:.1f}s")
-    hook = _NllCollector(val.num_targets) if args.dump_nll and not ttt else None
+    hook = _NllCollector(val.num_targets) if dump_spec and not ttt else None
     meter, phases["eval_diagnostic_s"] = _timed_eval(model, val, cfg, hook)
     label = "diagnostic pre-quantization post-ema" if prequant else "diagnostic quantized"
     log.info(_diag_line(label, meter, phases["eval_diagnostic_s"]))
@@ -393,13 +394,13 @@ def cmd_eval(args) -> int:
         dumped = {"nll": hook.gathered().numpy(), "bytes": val.token_bytes[1:].numpy().astype("int32"),
                   "positions": positions.numpy()}
     if ttt:
-        fields.update(_run_ttt_phase(model, val, cfg, log, phases, prequant, dump=bool(args.dump_nll),
+        fields.update(_run_ttt_phase(model, val, cfg, log, phases, prequant, dump=bool(dump_spec),
                                      dumped=dumped))
 
     fields["phase_seconds"] = {k: round(v, 3) for k, v in phases.items()}
     update_report(run_dir, fields)
-    if args.dump_nll and is_main():
-        for p in _write_dump(args.dump_nll, dumped):
+    if dump_spec and is_main():
+        for p in _write_dump(dump_spec, dumped):
             log.info(f"dump-nll: wrote {p}")
     log.close()
     return 0

@@ -271,7 +271,7 @@ def format_verdict(candidate: list[SeedResult], baseline: list[SeedResult], v: V
     lines = [f"{'group':<10} {'bpb':>12}  source"]
     for name, group in (("candidate", candidate), ("baseline", baseline)):
         for r in group:
-            lines.append(f"{name:<10} {r.bpb:>12.8f}  {r.label}" + (f" [{r.key}]" if r.key else ""))
+            lines.append(f"{name:<10} {r.bpb:>12.8f}  " + (f"{r.label} [{r.key}]" if r.key else "(number)"))
     sd = lambda xs: math.sqrt(_mean_var(xs)[1]) if len(xs) > 1 else 0.0  # noqa: E731
     lines += [
         f"candidate mean {v.candidate_mean_bpb:.8f} (std {sd([r.bpb for r in candidate]):.8f}, n={len(candidate)})",
