@@ -436,6 +436,9 @@ def _run_ttt_phase(model, val, cfg: RunConfig, log, phases: dict, prequant: bool
         log.info(f"peer_ens:ensemble_covered_only val_loss:{res.ensemble.loss():.6f} "
                  f"val_bpb:{res.ensemble.bpb():.6f}")
     log.info(f"peer_ens:baseline val_loss:{res.own.loss():.6f} val_bpb:{res.own.bpb():.6f}")
+    if peers_on and 0 < res.coverage_tokens < res.target_tokens:
+        log.info(f"peer_ens: WARNING the ensemble covers {res.coverage_tokens}/{res.target_tokens} targets "
+                 "(batches smaller than peer_k are own-only); its bpb is not a full-val score")
     final = res.ensemble if peers_on and res.coverage_tokens > 0 else res.own
     label = "prequant_ttt_phased" if prequant else "quantized_ttt_phased"
     log.info(_diag_line(label, final, timer_s))

@@ -136,3 +136,17 @@ def test_dump_paths_directory_or_prefix(tmp_path):
     assert dump_paths(f"{tmp_path}/new/")["bytes"] == tmp_path / "new" / "bytes.npy"
     assert dump_paths(tmp_path / "x.npy")["positions"] == tmp_path / "x.positions.npy"
     assert dump_paths(tmp_path / "x")["nll"] == tmp_path / "x.nll.npy"
+
+
+def test_eval_config_layers_run_config_sets_and_peer_flags(run_dir):
+    from argparse import Namespace
+
+    from pgolf.errors import ConfigError
+    from pgolf.evaluate import eval_config
+
+    args = Namespace(run_dir=str(run_dir), set=["eval.eval_seq_len=64"], peer_mode="seed", peer_k=3, env=False)
+    cfg = eval_config(args)
+    assert cfg.eval.eval_seq_len == 64 and cfg.ttt.peer_mode == "seed" and cfg.ttt.peer_k == 3
+    assert cfg.eval.val_docs_limit == 6  # from RUN/config.json
+    with pytest.raises(ConfigError, match="eval_seq_len"):
+        eval_config(Namespace(run_dir=str(run_dir), set=["eval.eval_seq_ln=64"], peer_mode=None, peer_k=None))
