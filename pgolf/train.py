@@ -331,9 +331,9 @@ def train(cfg: RunConfig, data_dir, run_dir, resume: bool = False, *,
             opt.zero_grad(set_to_none=True)
             with clock.paused():
                 checkpoint(loader_before)
-            log.event("nan", step=step, loss=loss_value)
-            raise TrainingError(f"non-finite training loss ({loss_value}) at step {step}; the last finite state "
-                                f"is saved in {ckpt_path}")
+            log.event("nan", step=step + 1, loss=loss_value)
+            raise TrainingError(f"non-finite training loss ({loss_value}) at step {step + 1}; the state after step "
+                                f"{step} (before the bad update) is saved in {ckpt_path}")
         apply_update(opt, clip_params, tc.grad_clip_norm)
         if ema is not None:
             ema.update()
