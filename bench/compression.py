@@ -2,6 +2,7 @@
 
     python bench/compression.py                 # train the tiny preset on the embedded corpus first
     python bench/compression.py --run RUN_DIR   # a finished run (final_model.pt + calibration.pt)
+    python bench/compression.py --preset cpu --work DIR --set quant.passthrough_max_numel=4096
 
 Prints one JSON line per scheme: every codec on the flat tensor stream (with
 and without a stride-2 byte shuffle) and the record's per-group layout
@@ -42,13 +43,15 @@ def _trained_run(preset: str, work: Path) -> Path:
     return run
 
 
-def _quantized(run: Path):
+def _quantized(run: Path, overrides: dict):
     from pgolf.checkpoint import load_model, unbank_state_dict
     from pgolf.config import load_json
     from pgolf.quant.calibrate import load_calibration
     from pgolf.quant.mixed import quantize_state_dict
 
     cfg = load_json(run / "config.json")
+    if overrides:
+        cfg = cfg.replace(overrides)
     model = load_model(run / "final_model.pt", cfg)
     calib = load_calibration(run / "calibration.pt")
     sd = unbank_state_dict(model.state_dict(), cfg.model)
@@ -62,11 +65,11 @@ def _symbols(qstate) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.int8)
 
 
-def bench(run: Path) -> list[dict]:
+def bench(run: Path, overrides: dict | None = None) -> list[dict]:
     from pgolf.quant import codecs
     from pgolf.quant.artifact import read_artifact, tensors_to_bytes, write_artifact
 
-    cfg, qstate, num_params = _quantized(run)
+    cfg, qstate, num_params = _quantized(run, overrides or {})
     symbols = _symbols(qstate)
     h0 = codecs.order0_entropy_bits(symbols)
     common = {"model_params": num_params, "q_symbols": int(symbols.size), "order0_entropy_bits": round(h0, 4),
@@ -104,13 +107,23 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", default=None, help="a finished run directory (default: train --preset first)")
     ap.add_argument("--preset", default="tiny", help="preset to train when --run is not given (tiny | cpu)")
+    ap.add_argument("--work", default=None, help="keep the trained run here (reused when it exists)")
+    ap.add_argument("--set", action="append", default=[], metavar="quant.FIELD=VALUE",
+                    help="quantize with this override, e.g. quant.passthrough_max_numel=4096 (repeatable)")
     args = ap.parse_args(argv)
+    from pgolf.config import parse_set_args
+
+    overrides = parse_set_args(args.set)
     torch.manual_seed(0)
     if args.run:
-        rows = bench(Path(args.run))
+        rows = bench(Path(args.run), overrides)
+    elif args.work:
+        work = Path(args.work)
+        run = work / "run" if (work / "run" / "final_model.pt").exists() else _trained_run(args.preset, work)
+        rows = bench(run, overrides)
     else:
         with tempfile.TemporaryDirectory(prefix="pgolf-bench-") as tmp:
-            rows = bench(_trained_run(args.preset, Path(tmp)))
+            rows = bench(_trained_run(args.preset, Path(tmp)), overrides)
     for row in rows:
         print(json.dumps(row), flush=True)
     return 0

@@ -236,3 +236,28 @@ def test_malformed_header_refused(tmp_path):
     bad.write_bytes(artifact.MAGIC + struct.pack("<B", len(tag)) + tag + struct.pack("<I", len(header)) + header)
     with pytest.raises(ArtifactError, match="header is malformed"):
         read_artifact(bad)
+
+
+def test_select_sorting_mixes_groups_exactly():
+    qs = _qstate()
+    s, p = pergroup.split_groups(qs["tensors"], simsort=True), pergroup.split_groups(qs["tensors"], simsort=False)
+    assert pergroup.select_sorting(s, p, set(s.groups)).perms == s.perms
+    assert pergroup.select_sorting(s, p, set()).perms == b"" and pergroup.select_sorting(s, p, set()).groups == p.groups
+    mixed = pergroup.select_sorting(s, p, {"mlp.fc.q"})
+    assert [e["name"] for e in mixed.layout if e["sorted"]] == ["blocks.0.mlp.fc.weight.q", "blocks.1.mlp.fc.weight.q"]
+    assert mixed.perms == pergroup.group_perm_bytes(s)["mlp.fc.q"]
+    back = pergroup.merge_groups(mixed)
+    assert all(torch.equal(back[n], t) for n, t in qs["tensors"].items())
+
+
+def test_writer_keeps_the_l1_order_only_where_it_pays(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    protos = torch.randint(-31, 32, (4, 256), generator=g, dtype=torch.int8)
+    structured = protos[torch.randint(0, 4, (400,), generator=g)]          # rows repeat: sorting clusters them
+    noise = torch.randint(-31, 32, (400, 256), generator=g, dtype=torch.int8)  # nothing to gain, perm costs
+    for q, want_sorted in ((structured, True), (noise, False)):
+        qs = {"tensors": {"tok_emb.weight.q": q}, "meta": {}}
+        write_artifact(tmp_path / "m.ptz", qs, QuantConfig())
+        (entry,) = read_header(tmp_path / "m.ptz")["layout"]
+        assert entry["sorted"] is want_sorted
+        assert torch.equal(read_artifact(tmp_path / "m.ptz")["tensors"]["tok_emb.weight.q"], q)

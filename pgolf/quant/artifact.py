@@ -122,6 +122,25 @@ def _qcfg_dict(qcfg) -> dict:
     return dataclasses.asdict(qcfg) if dataclasses.is_dataclass(qcfg) else dict(qcfg)
 
 
+def _pergroup_split(tensors: dict) -> tuple[pergroup.PerGroupSplit, dict[str, tuple[str, bytes]]]:
+    """Split and code the groups; a sortable group keeps its L1 order only where that is smaller
+    counting the bytes of its stored permutation."""
+    sorted_split = pergroup.split_groups(tensors, simsort=True)
+    plain_split = pergroup.split_groups(tensors, simsort=False)
+    perms = pergroup.group_perm_bytes(sorted_split)
+    sortable = [k for k, p in perms.items() if p]
+    both = pergroup.compress_groups({**sorted_split.groups,
+                                     **{f"{k}\0plain": plain_split.groups[k] for k in sortable}})
+    keep_sorted = set()
+    for k in sortable:
+        perm_cost = len(codecs.compress(perms[k], "brotli"))
+        if len(both[k][1]) + perm_cost < len(both[f"{k}\0plain"][1]):
+            keep_sorted.add(k)
+    split = pergroup.select_sorting(sorted_split, plain_split, keep_sorted)
+    coded = {k: both[k] if k in keep_sorted or k not in sortable else both[f"{k}\0plain"] for k in split.groups}
+    return split, coded
+
+
 def encode_streams(qstate: QState, compressor: str) -> tuple[dict, list[tuple[str, str, bytes, int]], list[str]]:
     """QState -> (header fields, [(stream name, coder spec, compressed bytes, raw length)], notes)."""
     tensors = qstate["tensors"]
@@ -129,8 +148,7 @@ def encode_streams(qstate: QState, compressor: str) -> tuple[dict, list[tuple[st
     streams: list[tuple[str, str, bytes, int]] = []
     header: dict[str, Any] = {"order": list(tensors)}
     if compressor == "pergroup":
-        split = pergroup.split_groups(tensors)
-        coded = pergroup.compress_groups(split.groups)
+        split, coded = _pergroup_split(tensors)
         for key, (spec, blob) in coded.items():
             streams.append((f"group:{key}", spec, blob, len(split.groups[key])))
         wins = Counter(spec for spec, _ in coded.values())

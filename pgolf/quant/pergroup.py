@@ -14,6 +14,11 @@ row patterns, so the record
 4. compresses each group with the best coder available (lrzip ZPAQ in the
    record; here every candidate is tried and the smallest kept, per group).
 
+The sort pays for itself only on trained weights: a permutation costs ~11 bits
+per row, and near-random codes (a barely trained model) gain nothing from it.
+So the writer also codes each sortable group unsorted and keeps the sorted
+version only where it is smaller including its permutation (`select_sorting`).
+
 Everything that is not a role matrix (scales, LQER factors, passthroughs) is
 returned as `rest` for the container to serialize into its remainder stream.
 `split_groups` and `merge_groups` are exact inverses.
@@ -166,6 +171,41 @@ def merge_groups(split: PerGroupSplit) -> dict[str, torch.Tensor]:
     assert perm_off == len(split.perms), "permutation stream has trailing bytes"
     out.update(split.rest)
     return out
+
+
+def group_perm_bytes(split: PerGroupSplit) -> dict[str, bytes]:
+    """The stored permutations of each group (empty for groups with no sorted matrix)."""
+    itemsize = np.dtype(split.perm_dtype).itemsize
+    out: dict[str, bytes] = {key: b"" for key in split.groups}
+    off = 0
+    for entry in split.layout:
+        if entry["sorted"]:
+            n = entry["shape"][0] * itemsize
+            out[entry["group"]] += split.perms[off:off + n]
+            off += n
+    return out
+
+
+def select_sorting(sorted_split: PerGroupSplit, plain_split: PerGroupSplit, keep_sorted: set[str]) -> PerGroupSplit:
+    """Per group, the similarity-sorted layout (groups in `keep_sorted`) or the plain one.
+
+    Both splits come from the same tensors, so their layouts list the same matrices
+    in the same order and differ only in the `sorted` flag.
+    """
+    itemsize = np.dtype(sorted_split.perm_dtype).itemsize
+    layout, perms, off = [], [], 0
+    for e_sorted, e_plain in zip(sorted_split.layout, plain_split.layout, strict=True):
+        assert e_sorted["name"] == e_plain["name"] and not e_plain["sorted"]
+        n = e_sorted["shape"][0] * itemsize if e_sorted["sorted"] else 0
+        if e_sorted["group"] in keep_sorted:
+            layout.append(e_sorted)
+            perms.append(sorted_split.perms[off:off + n])
+        else:
+            layout.append(e_plain)
+        off += n
+    groups = {k: sorted_split.groups[k] if k in keep_sorted else plain_split.groups[k] for k in sorted_split.groups}
+    return PerGroupSplit(groups=groups, layout=layout, perms=b"".join(perms), perm_dtype=sorted_split.perm_dtype,
+                         rest=sorted_split.rest)
 
 
 def compress_groups(groups: dict[str, bytes], specs: list[str] | None = None,
