@@ -1,6 +1,6 @@
 """Scored tokens per second of the four evaluation modes, side by side, on this machine.
 
-    .venv/bin/python bench/ttt_throughput.py [--preset tiny] [--val-docs 8] [--data DIR]
+    .venv/bin/python bench/ttt_throughput.py [--preset tiny] [--val-docs N] [--data DIR]
 
 Modes, all over the same validation documents and the same model:
   no_ttt        the diagnostic packed eval (`eval_packed`)
@@ -83,7 +83,9 @@ def _measure(mode: str, model, val, cfg) -> tuple[float, dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="tiny", help="pgolf preset (default tiny; cpu is ~10x slower per token)")
-    ap.add_argument("--val-docs", type=int, default=8, help="validation documents to score (default 8)")
+    ap.add_argument("--val-docs", type=int, default=0,
+                    help="validation documents to score (default: two TTT batches, so the causal ensemble's "
+                         "second batch has finished peers; the first batch never has any)")
     ap.add_argument("--data", default=None, help="a prepared data directory (default: prepare the embedded corpus)")
     ap.add_argument("--run", default=None, help="a run directory whose artifact to load instead of a random init")
     ap.add_argument("--peer-k", type=int, default=None, help="ensemble size for the ensemble modes (default: preset)")
@@ -97,10 +99,12 @@ def main(argv: list[str] | None = None) -> int:
 
     device = init_distributed().device
     cfg = load_json(Path(args.run) / "config.json") if args.run else load_preset(args.preset)
-    overrides = {"eval.val_docs_limit": args.val_docs, "train.compile": "off"}
+    overrides = {"train.compile": "off"}
     if args.peer_k is not None:
         overrides["ttt.peer_k"] = args.peer_k
     cfg = cfg.replace(overrides)
+    args.val_docs = args.val_docs or 2 * cfg.ttt.batch_size
+    cfg = cfg.replace({"eval.val_docs_limit": args.val_docs})
     with tempfile.TemporaryDirectory(prefix="pgolf-bench-") as tmp:
         t0 = time.perf_counter()
         data_dir = Path(args.data) if args.data else _prepare(cfg.model.vocab_size, max(args.val_docs, 8),
