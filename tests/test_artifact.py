@@ -261,3 +261,14 @@ def test_writer_keeps_the_l1_order_only_where_it_pays(tmp_path):
         (entry,) = read_header(tmp_path / "m.ptz")["layout"]
         assert entry["sorted"] is want_sorted
         assert torch.equal(read_artifact(tmp_path / "m.ptz")["tensors"]["tok_emb.weight.q"], q)
+
+
+def test_compress_groups_keeps_the_smallest_coder_per_group():
+    from pgolf.quant import codecs
+
+    groups = {"a": bytes(5000), "b": np.random.default_rng(0).integers(-31, 32, 5000).astype(np.int8).tobytes()}
+    specs = ["zstd", "brotli", "lzma"]
+    coded = pergroup.compress_groups(groups, specs)
+    for key, (spec, blob) in coded.items():
+        assert len(blob) == min(len(codecs.compress_spec(groups[key], s)) for s in specs)
+        assert codecs.decompress_spec(blob, spec) == groups[key]

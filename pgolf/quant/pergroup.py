@@ -212,11 +212,18 @@ def compress_groups(groups: dict[str, bytes], specs: list[str] | None = None,
                     max_workers: int | None = None) -> dict[str, tuple[str, bytes]]:
     """Each group with the smallest of the candidate coders: group -> (spec, blob).
 
-    Groups run in threads (as the record runs its lrzip processes): lrzip is a
-    subprocess and lzma / brotli / zstd release the GIL, so this scales with cores.
+    Every (group, coder) pair runs in its own thread (as the record runs its lrzip
+    processes): lrzip is a subprocess and lzma / brotli / zstd release the GIL, so
+    the wall time is about that of the slowest pair when there are enough cores.
+    Ties go to the earlier spec, as in `codecs.compress_best`.
     """
-    specs = specs or codecs.entropy_coder_specs()
-    workers = max_workers or min(len(groups), os.cpu_count() or 1) or 1
+    specs = list(specs or codecs.entropy_coder_specs())
+    jobs = [(key, spec) for key in groups for spec in specs]
+    workers = max_workers or max(1, min(len(jobs), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {key: pool.submit(codecs.compress_best, data, specs) for key, data in groups.items()}
-        return {key: f.result() for key, f in futures.items()}
+        blobs = dict(zip(jobs, pool.map(lambda job: codecs.compress_spec(groups[job[0]], job[1]), jobs)))
+    out: dict[str, tuple[str, bytes]] = {}
+    for key in groups:
+        best = min(specs, key=lambda spec: (len(blobs[key, spec]), specs.index(spec)))
+        out[key] = (best, blobs[key, best])
+    return out
