@@ -149,6 +149,9 @@ def test_size_fails_over_a_small_cap(run_dir):
     with pytest.raises(ArtifactError, match="over the size cap"):
         pack.cmd_pack(argparse.Namespace(run_dir=str(run_dir), out=str(run_dir / "record")))
     assert not (run_dir / "record" / "train_gpt.py").exists()
+    from pgolf.cli import main
+
+    assert main(["size", str(run_dir)]) == 2  # the CLI: one line, exit 2
 
 
 def test_size_without_artifact_is_a_clear_error(run_dir):
