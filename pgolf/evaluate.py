@@ -454,8 +454,8 @@ def _run_ttt_phase(model, val, cfg: RunConfig, log, phases: dict, prequant: bool
     if not compliant:
         fields["compliance_note"] = ("NON-COMPLIANT: peer_mode=seed (#2139 as submitted) violates C1 and C4; "
                                      "use peer_mode=causal")
-    if prequant:  # never overwrite the artifact's scored numbers with an unquantized model's
-        fields = {(f"{k}_prequant" if k.startswith("val_") else k): v for k, v in fields.items()}
+    if prequant:  # never overwrite the artifact's scored numbers (or their labels) with an unquantized model's
+        fields = {(k if k == "target_tokens" else f"{k}_prequant"): v for k, v in fields.items()}
     if dump and res.nll_final is not None:
         dumped.update(nll=res.nll_final.astype("float32"), nll_own=res.nll_own.astype("float32"),
                       bytes=res.target_bytes, positions=res.positions, score_counts=res.score_counts)

@@ -118,6 +118,17 @@ def test_seed_mode_is_labelled_non_compliant(run_dir, capsys):
     assert "NON-COMPLIANT" in rep["compliance_note"]
 
 
+def test_prequant_ttt_never_relabels_the_artifacts_numbers(run_dir, capsys):
+    before = read_report(run_dir)
+    assert main(["eval", str(run_dir), "--prequant", "--ttt", "--peer-mode", "off"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^prequant_ttt_phased val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8} eval_time:\d+ms$", out, re.M)
+    rep = read_report(run_dir)
+    assert rep["peer_mode_prequant"] == "off" and math.isfinite(rep["val_bpb_ttt_prequant"])
+    for key in ("peer_mode", "val_bpb_ttt", "val_bpb_ttt_ensemble", "val_bpb_roundtrip"):
+        assert rep.get(key) == before.get(key), key
+
+
 def test_missing_run_or_artifact_is_one_line_error(run_dir, tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
