@@ -1,6 +1,8 @@
 """`pgolf run`: every stage in order, as a competitor would run them by hand.
 
-    data prepare -> train -> quantize -> pack -> eval --ttt
+    data prepare -> train -> quantize -> eval --ttt -> pack
+
+Packing comes last so the record folder carries the final (TTT) numbers and logs.
 
 Each stage is the same verb a user can run alone: the pipeline builds that
 verb's argument list and calls its handler, so `pgolf run` can never drift from
@@ -109,19 +111,19 @@ def cmd_run(args) -> int:
     _run_verb(["quantize", str(run_dir)])
     phases["quantize"] = time.perf_counter() - t
 
-    if not args.no_pack:
-        t = time.perf_counter()
-        if is_main():
-            _run_verb(["pack", str(run_dir), "--out", str(run_dir / "record")])
-        barrier()
-        phases["pack"] = time.perf_counter() - t
-
     t = time.perf_counter()
     ev = ["eval", str(run_dir), "--data", str(data_dir)]
     if cfg.ttt.enabled:
         ev.append("--ttt")
     _run_verb(ev)
     phases["eval"] = time.perf_counter() - t
+
+    if not args.no_pack:
+        t = time.perf_counter()
+        if is_main():
+            _run_verb(["pack", str(run_dir), "--out", str(run_dir / "record")])
+        barrier()
+        phases["pack"] = time.perf_counter() - t
     phases["total"] = time.perf_counter() - t0
 
     rep = update_report(run_dir, {"pipeline_phase_seconds": {k: round(v, 2) for k, v in phases.items()},
