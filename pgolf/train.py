@@ -246,13 +246,12 @@ def train(cfg: RunConfig, data_dir, run_dir, resume: bool = False, *,
     opt = build_optimizers(model, tc)
     clip_params = [p for p in model.parameters() if p.requires_grad]
     compiling = tc.compile == "on" or (tc.compile == "auto" and dev.type == "cuda")
-    # Compile at the call site; `model` stays eager for eval, calibration and saving.
-    forward = torch.compile(model, dynamic=False, fullgraph=True) if compiling else model
+    forward = _compile(model) if compiling else model
     seq_sched = schedule.SeqLenSchedule.from_config(tc)
     model_params = sum(p.numel() for p in model.parameters())
     log.event("setup", model_params=model_params, world_size=d.world_size, grad_accum_steps=grad_accum,
               local_microbatch_tokens=local_tokens, train_seq_schedule=schedule.format_seq_schedule(tc.seq_len_stages),
-              budget_s=budget_s if math.isfinite(budget_s) else 0.0, train_shards=len(files),
+              budget_s=budget_s if math.isfinite(budget_s) else None, train_shards=len(files),
               val_targets=val.num_targets, device=str(dev), compile=compiling, resume=resume)
 
     def new_loader() -> DocumentPackingLoader:
@@ -406,6 +405,18 @@ def train(cfg: RunConfig, data_dir, run_dir, resume: bool = False, *,
     return {**summary, "losses": losses}
 
 
+def _compile(model: torch.nn.Module):
+    """torch.compile at the call site; the eager `model` stays the one evaluated, calibrated and saved.
+
+    With FlashAttention 3 the whole forward is one graph (fullgraph, as the record). The SDPA
+    fallback builds its block-diagonal mask from cu_seqlens values, which dynamo cannot trace,
+    so there it is allowed to break the graph around attention.
+    """
+    from pgolf import attention
+
+    return torch.compile(model, dynamic=False, fullgraph=attention.IMPL == "fa3")
+
+
 def _compile_warmup(cfg: RunConfig, model, forward, opt, clip_params, loader, grad_accum: int,
                     dev: torch.device, log: RunLog) -> float:
     """Build the compiled graphs before the clock starts, then undo every weight and optimizer change.
@@ -512,7 +523,7 @@ def cmd_train(args) -> int:
             f"\ntrained {cfg.preset}: {s['steps']} steps in {s['train_seconds']:.1f} s "
             f"({s['tokens_per_second']:,.0f} tokens/s), {s['model_params']:,} parameters\n"
             f"  val bpb {s['val_bpb']:.4f} (EMA)   {s['val_bpb_pre_ema']:.4f} (raw weights)   "
-            f"last train loss {s['final_train_loss']:.4f}\n"
+            f"last train loss {s['final_train_loss'] if s['final_train_loss'] is None else round(s['final_train_loss'], 4)}\n"
             f"  calibration {s['calibration_seconds']:.1f} s inside the budget; wrote {run_dir}/final_model.pt, "
             f"calibration.pt, checkpoint.pt, report.json")
     finally:

@@ -115,3 +115,24 @@ def test_q_and_v_switches_refine_the_mask(seed_cfg):
 def test_schedule_string_is_sorted_and_completed(seed_cfg):
     cfg = config_from_env({"TRAIN_SEQ_SCHEDULE": "2048@0.7, 1024@0.1"}, seed_cfg)
     assert cfg.train.seq_len_stages == ((1024, 0.1), (2048, 0.7), (2048, 1.0))
+
+
+def test_train_cli_layers_preset_env_set_and_flags(monkeypatch):
+    """`pgolf train --env`: preset, then the environment, then --set, then --max-steps/--seed."""
+    from pgolf.cli import build_parser
+    from pgolf.train import config_from_args
+
+    monkeypatch.setenv("MATRIX_LR", "0.05")
+    monkeypatch.setenv("TTT_LORA_RANK", "6")
+    monkeypatch.setenv("ITERATIONS", "99")
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--preset", "tiny", "--env",
+                                      "--set", "ttt.lora_rank=5", "--max-steps", "7", "--seed", "3"])
+    cfg = config_from_args(args)
+    assert cfg.train.matrix_lr == 0.05 and cfg.ttt.lora_rank == 5
+    assert cfg.train.iterations == 7 and cfg.train.seed == 3
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--preset", "tiny"])
+    assert config_from_args(args) == load_preset("tiny")  # without --env the environment is not read
+    monkeypatch.setenv("TTT_LORA_RANKK", "6")
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--preset", "tiny", "--env"])
+    with pytest.raises(ConfigError, match="TTT_LORA_RANK"):
+        config_from_args(args)
