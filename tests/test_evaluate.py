@@ -238,6 +238,21 @@ def test_packed_eval_on_prepared_data_counts_every_target_and_byte(tiny_data):
     assert 0 < meter.bpb() < 2 * math.log2(cfg.model.vocab_size) * val.num_targets / val.target_bytes_total
 
 
+@pytest.mark.gpu
+def test_cuda_bf16_eval_matches_cpu_fp32():
+    """The CUDA path (bf16 autocast, FA3 when present) scores the same targets to within bf16 noise."""
+    cfg = load_preset("tiny")
+    model = GPT(cfg.model)
+    model.set_looping(True)
+    val = make_val([40, 3, 100, 17, 64, 128, 90])
+    val.tokens = val.tokens % cfg.model.vocab_size
+    ecfg = EvalConfig(eval_seq_len=64, val_batch_tokens=256)
+    cpu = eval_packed(model, val, ecfg)
+    gpu = eval_packed(model.cuda(), val, ecfg)
+    assert gpu.num_tokens == cpu.num_tokens == val.num_targets and gpu.sum_bytes == cpu.sum_bytes
+    assert gpu.bpb() == pytest.approx(cpu.bpb(), rel=2e-2)
+
+
 # --------------------------------------------------------------------------- distributed parity
 def _free_port() -> int:
     with socket.socket() as s:
