@@ -167,6 +167,26 @@ def test_run_dir_with_results_needs_resume_or_overwrite(golden_run, tiny_data, t
     assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt"]
 
 
+def test_wallclock_cap_stops_the_loop_and_calibration_still_runs(tiny_data, tmp_path):
+    cfg = load_preset("tiny", {"train.max_wallclock_seconds": 1e-3, "train.iterations": 50,
+                               "eval.val_docs_limit": 4})
+    s = train(cfg, tiny_data, tmp_path / "cap")
+    assert s["steps"] == 1 and s["stopped_by"] == "wallclock"
+    assert s["calibration_seconds"] > 0 and (tmp_path / "cap" / "calibration.pt").exists()
+
+
+def test_checkpoint_every_saves_periodically(tiny_data, tmp_path, monkeypatch):
+    import pgolf.checkpoint
+
+    saved_steps = []
+    real = pgolf.checkpoint.save_train_state
+    monkeypatch.setattr(pgolf.checkpoint, "save_train_state",
+                        lambda path, state: (saved_steps.append(state["step"]), real(path, state)))
+    cfg = load_preset("tiny", {"train.checkpoint_every": 2, "train.iterations": 5, "eval.val_docs_limit": 4})
+    train(cfg, tiny_data, tmp_path / "ckpt")
+    assert saved_steps == [2, 4, 5]  # periodic, then the final one
+
+
 # --------------------------------------------------------------------------- failures
 def test_nan_loss_stops_with_a_checkpoint(tiny_data, tmp_path):
     from pgolf.checkpoint import load_train_state
