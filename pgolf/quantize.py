@@ -119,6 +119,8 @@ def quantize_run(run_dir: str | Path, compressor: str | None = None, evaluate: b
     if is_main():
         _assert_same_qstate(qstate, back)
     fresh = import_record_state_dict(dequantize_state_dict(back), cfg.model).to(device)
+    fresh.set_looping(True)  # scored as it was trained last: recurrent (as pgolf eval does)
+    fresh.eval()
     fields["decompress_seconds"] = round(decompress_s, 3)
     fields["quant_seconds"] = round(time.perf_counter() - t0, 3)
     log.event("roundtrip_load", decompress_s=round(decompress_s, 3), quant_s=fields["quant_seconds"])
