@@ -194,7 +194,7 @@ def _check_known(name: str) -> None:
 
 
 def ignored_knobs(environ: Mapping[str, str]) -> list[str]:
-    """'NAME (why)' for each set variable the seed reads but pgolf has no use for."""
+    """'NAME: why' for each set variable the seed reads but pgolf has no use for."""
     return [f"{k}: {IGNORED[k]}" for k in sorted(environ) if k in IGNORED]
 
 
@@ -248,6 +248,8 @@ def _apply_seq_len(env: dict[str, str], base: RunConfig, flat: dict[str, Any]) -
 
 def _apply_ttt_mask(env: dict[str, str], base: RunConfig, flat: dict[str, Any]) -> None:
     """TTT_Q_LORA / TTT_V_LORA refine TTT_MASK, as in the seed (the mask sets their defaults)."""
+    if flat.get("ttt.mask") in ("", "baseline_all"):  # the seed's spellings of "all"
+        flat["ttt.mask"] = "all"
     mask = flat.get("ttt.mask", base.ttt.mask)
     q = mask in ("all", "no_v")
     v = mask in ("all", "no_q")
@@ -258,8 +260,6 @@ def _apply_ttt_mask(env: dict[str, str], base: RunConfig, flat: dict[str, Any]) 
     if "TTT_Q_LORA" in env or "TTT_V_LORA" in env:
         flat["ttt.mask"] = {(True, True): "all", (False, True): "no_q", (True, False): "no_v",
                             (False, False): "no_qv"}[(q, v)]
-    if flat.get("ttt.mask") in ("", "baseline_all"):
-        flat["ttt.mask"] = "all"
 
 
 def _raise_rope_length(base: RunConfig, flat: dict[str, Any]) -> None:

@@ -109,6 +109,7 @@ def test_q_and_v_switches_refine_the_mask(seed_cfg):
     assert config_from_env({"TTT_Q_LORA": "1"}, seed_cfg).ttt.mask == "no_v"
     assert config_from_env({"TTT_MASK": "all", "TTT_V_LORA": "0"}, seed_cfg).ttt.mask == "no_v"
     assert config_from_env({"TTT_MASK": "no_q"}, seed_cfg).ttt.mask == "no_q"
+    assert config_from_env({"TTT_MASK": "", "TTT_V_LORA": "0"}, seed_cfg).ttt.mask == "no_v"  # empty = all
     assert config_from_env({"TTT_SHORT_SCORE_FIRST_ENABLED": "0"}, seed_cfg).ttt.short_chunk_steps == ()
 
 
