@@ -508,29 +508,47 @@ def _finish(run: _Run, val, cfg: RunConfig, queue, num_phases: int, seconds, t_s
                      phase_seconds=seconds, **arrays)
 
 
+RECOMPILE_LIMIT = 64
+"""TTT calls the forward in several guard variants (grad on/off, own/subset/peer routing, live or frozen
+adapters) on top of dynamic shapes; dynamo's default limit of 8 would silently fall back to eager."""
+
+
 def _compile_and_warm(model, cfg: RunConfig, run: _Run) -> tuple[Any, float]:
-    """torch.compile the LoRA forward and run it once per context length on random tokens (never val tokens)."""
+    """torch.compile the LoRA forward and run every variant the loop uses on random tokens (never val tokens).
+
+    Per context length (the chunk sizes and the full window): a trained forward
+    of all rows and of subsets of rows, one row included (backward + AdamW step), a score-only
+    no-grad forward, and with K > 1 a no-grad forward through routed frozen
+    peers. Timed separately from the evaluation.
+    """
     t0 = time.perf_counter()
     t = cfg.ttt
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     fwd = torch.compile(model, dynamic=True)
     g = torch.Generator().manual_seed(0)
-    lora = BatchedLoRA(cfg.model, t, t.batch_size, model.num_slots, run.device, g)
+    bsz = t.batch_size
+    lora = BatchedLoRA(cfg.model, t, bsz, model.num_slots, run.device, g)
     opt = run.optimizer(lora)
     contexts = sorted({c for _, c in t.short_chunk_steps} | {t.chunk_size, t.eval_seq_len})
     for ctx in contexts:
-        x = torch.randint(0, cfg.model.vocab_size, (t.batch_size, ctx + 1), generator=g)
-        w = Windows(x=x[:, :-1], y=x[:, 1:], cols=torch.arange(min(ctx, t.chunk_size)).expand(t.batch_size, -1),
-                    valid=torch.ones(t.batch_size, min(ctx, t.chunk_size), dtype=torch.bool),
-                    tpos=torch.zeros(1), stream_pos=torch.zeros(1), spans=[])
-        nll, _ = score_windows(fwd, lora, w, run.device, run.autocast, want_entropy=run.k > 1)
-        opt.zero_grad(set_to_none=True)
-        nll.mean(-1).sum().backward()
-        opt.step()
-        if run.k > 1 and ctx == t.eval_seq_len:
+        num_scored = min(ctx, t.chunk_size)
+        for rows in sorted({bsz, max(1, bsz - 1), 1}, reverse=True):  # size-1 dims are specialized by dynamo
+            x = torch.randint(0, cfg.model.vocab_size, (rows, ctx + 1), generator=g)
+            w = Windows(x=x[:, :-1], y=x[:, 1:], cols=torch.arange(num_scored).expand(rows, -1),
+                        valid=torch.ones(rows, num_scored, dtype=torch.bool), tpos=torch.zeros(rows, num_scored),
+                        stream_pos=torch.zeros(rows, num_scored), spans=[])
+            lora.peer_index = None if rows == bsz else torch.arange(rows, device=run.device)
+            nll, _ = score_windows(fwd, lora, w, run.device, run.autocast, want_entropy=run.k > 1)
+            opt.zero_grad(set_to_none=True)
+            nll.mean(-1).sum().backward()
+            opt.step()
             with torch.no_grad():
-                lora.peer_index = torch.randint(0, t.batch_size, (t.batch_size,), generator=g).to(run.device)
-                score_windows(fwd, lora, w, run.device, run.autocast, want_entropy=False)
-                lora.peer_index = None
+                score_windows(fwd, lora, w, run.device, run.autocast, want_entropy=run.k > 1)
+                if run.k > 1:
+                    peers = lora.snapshot() if t.peer_mode == "causal" else lora
+                    peers.peer_index = torch.randint(0, bsz, (rows,), generator=g).to(run.device)
+                    score_windows(fwd, peers, w, run.device, run.autocast, want_entropy=False)
+    lora.peer_index = None
     if run.device.type == "cuda":
         torch.cuda.synchronize()
     return fwd, time.perf_counter() - t0
