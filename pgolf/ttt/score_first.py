@@ -236,8 +236,8 @@ class _Run:
         self.tokens = val.tokens.cpu()
         self.token_bytes = val.token_bytes.cpu()
         self.own, self.ens = BpbMeter(), BpbMeter()
-        self.routed = torch.zeros((), dtype=torch.float64)
-        self.covered = torch.zeros((), dtype=torch.float64)
+        self.routed = torch.zeros((), dtype=torch.float64, device=self.device)  # on device: no sync per chunk
+        self.covered = torch.zeros((), dtype=torch.float64, device=self.device)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.reusable: BatchedLoRA | None = None
         self.k = self.t.peer_k if self.t.peer_mode != "off" else 1
@@ -281,9 +281,9 @@ class _Run:
         """The ensemble's score of the same targets (causal: the committed blend; seed: the re-score)."""
         valid = w.valid.to(final.device)
         self.ens.add(final[valid], self.token_bytes[w.stream_pos[w.valid]].to(final.device))
-        self.covered += float(valid.sum())
+        self.covered += valid.sum()
         if routed is not None:
-            self.routed += float(routed[valid].sum())
+            self.routed += (routed & valid).sum()
         if self.dump:
             self.nll_final[w.stream_pos[w.valid]] = final[valid].double().cpu()
 
