@@ -392,7 +392,7 @@ def train(cfg: RunConfig, data_dir, run_dir, resume: bool = False, *,
         "val_loss": val_post["val_loss"], "val_bpb": val_post["val_bpb"], "val_bpb_pre_ema": val_pre["val_bpb"],
         "val_loss_pre_ema": val_pre["val_loss"], "calibration_seconds": calib["seconds"],
         "final_train_loss": losses[-1] if losses else None, "stopped_by": stopped_by,
-        "data_manifest_sha256": _manifest_sha256(data_dir), "data_dir": str(data_dir),
+        "data_manifest_sha256": _manifest_sha256(data_dir), "data_dir": str(data_dir.resolve()),
         "phase_seconds": {"train_setup": setup_s, "compile_warmup": warmup_s, "train": train_s,
                           "calibration": calib["seconds"], "train_val": val_post["seconds"] + (
                               val_pre["seconds"] if val_pre is not val_post else 0.0)},
