@@ -139,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", nargs="+", required=True, help="report.json files or bpb numbers")
     p.add_argument("--min-delta-nats", type=float, default=0.005)
     p.set_defaults(handler="pgolf.significance:cmd_significance")
+
+    # ---- audit
+    p = sub.add_parser("audit", help="check runs and record folders against the rules: size, time, legality, "
+                       "data, consistency, artifact")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="run directories and/or packed record folders")
+    p.add_argument("--strict", action="store_true", help="also exit non-zero on WARN (missing evidence)")
+    p.set_defaults(handler="pgolf.audit:cmd_audit")
     return ap
 
 
