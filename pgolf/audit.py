@@ -215,10 +215,9 @@ def headline(report: dict) -> tuple[str, float] | None:
     return final_result(report)
 
 
-def record_claim(view: RunView, sub: Submission | None = None) -> bool:
-    """Whether the run presents itself as a challenge record (so the challenge's data counts apply)."""
-    return view.config.get("preset") in RECORD_PRESETS or (sub is not None and
-                                                               sub.data.get("track") == "10min_16mb")
+def record_claim(view: RunView) -> bool:
+    """Whether the run presents itself as a challenge record (its preset), so the challenge's figures apply."""
+    return view.config.get("preset") in RECORD_PRESETS
 
 
 def _manifest(view: RunView) -> tuple[Path | None, dict | None]:
@@ -252,7 +251,7 @@ def check_size(view: RunView, sub: Submission | None = None) -> list[Check]:
     code = code_disk if code_disk is not None else _int(rep.get("code_bytes"))
     model = model_disk if model_disk is not None else _int(rep.get("model_bytes"))
     cap = _int(cfg_get(view.config, "quant.size_cap_bytes")) or CHALLENGE_CAP_BYTES
-    if record_claim(view, sub):
+    if record_claim(view):
         cap = min(cap, CHALLENGE_CAP_BYTES)
     if code is None or model is None:
         checks.append(Check(FAIL, "size.total", who, "no code or model size on disk or in report.json"))
@@ -384,10 +383,10 @@ def _check_calibration(view: RunView) -> Check:
 
 
 # --------------------------------------------------------------------------- data
-def check_data(view: RunView, sub: Submission | None = None) -> list[Check]:
+def check_data(view: RunView) -> list[Check]:
     """Shard and target counts against the challenge's (record runs only), and the manifest's hash."""
     rep, who = view.report, view.label
-    claim = record_claim(view, sub)
+    claim = record_claim(view)
     checks = []
     mpath, manifest = _manifest(view)
     claimed_sha = rep.get("data_manifest_sha256")
@@ -662,7 +661,7 @@ def check_group(views: list[RunView], who: str) -> list[Check]:
 # --------------------------------------------------------------------------- driver
 def audit_view(view: RunView, sub: Submission | None = None) -> list[Check]:
     """Every per-run check of one run directory or record folder."""
-    checks = check_size(view, sub) + check_time(view) + check_legality(view) + check_data(view, sub)
+    checks = check_size(view, sub) + check_time(view) + check_legality(view) + check_data(view)
     checks += check_logs(view)
     checks.append(check_artifact(view))
     return checks
