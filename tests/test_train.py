@@ -203,6 +203,14 @@ def test_nan_loss_stops_with_a_checkpoint(tiny_data, tmp_path):
 
 
 # --------------------------------------------------------------------------- distributed
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_two_processes_match_one_with_the_same_global_batch(tiny_data, tmp_path):
     """torchrun --nproc_per_node=2 (gloo) vs one process with twice the micro-steps.
 
@@ -218,10 +226,13 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_data, tmp_path)
     assert main(["train", "--out", str(one), *common, "--set", "train.grad_accum_steps=2"]) == 0
     two = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PGOLF_QUIET": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "pgolf", "train", "--out", str(two), *common, "--set", "train.grad_accum_steps=1"],
-        env=env, capture_output=True, text=True, timeout=300)
+    for _attempt in range(2):  # other engineers' torchrun jobs may grab the port between pick and bind
+        proc = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+             "-m", "pgolf", "train", "--out", str(two), "--overwrite", *common, "--set", "train.grad_accum_steps=1"],
+            env=env, capture_output=True, text=True, timeout=300)
+        if proc.returncode == 0 or "address already in use" not in proc.stderr.lower():
+            break
     assert proc.returncode == 0, proc.stderr[-3000:]
     setup = [r for r in read_jsonl(two / "train.jsonl") if r["event"] == "setup"][0]
     assert setup["world_size"] == 2 and setup["local_microbatch_tokens"] == 512
