@@ -27,8 +27,8 @@ stopped at step k and resumed ends bit-identical to an uninterrupted one on CPU.
 from __future__ import annotations
 
 import contextlib
-import json
 import hashlib
+import json
 import math
 import os
 import random
@@ -43,7 +43,7 @@ from pgolf import schedule
 from pgolf.config import RunConfig, TrainConfig
 from pgolf.distributed import all_reduce_max, all_reduce_sum, barrier, init_distributed, is_main
 from pgolf.errors import ConfigError, TrainingError
-from pgolf.loader import CalibrationSampler, DocumentPackingLoader
+from pgolf.loader import CU_BUCKET, CalibrationSampler, DocumentPackingLoader
 from pgolf.runlog import RunLog
 
 RESULT_FILES = ("checkpoint.pt", "final_model.pt", "calibration.pt", "report.json", "train.jsonl", "config.json",
@@ -417,29 +417,51 @@ def _compile(model: torch.nn.Module):
     return torch.compile(model, dynamic=False, fullgraph=attention.IMPL == "fa3")
 
 
+def warmup_shapes(cfg: RunConfig) -> list[tuple[int, bool]]:
+    """(stage length, looping) pairs the run will meet, in schedule order (the seed's "auto" mode).
+
+    A stage gets the plain shape if it starts before looping switches on and the looped shape if
+    it ends after; without depth recurrence every stage is plain.
+    """
+    tc, shapes, start = cfg.train, [], 0.0
+    for seq_len, until in tc.seq_len_stages:
+        modes = [False] if cfg.model.num_loops == 0 else (
+            [False] * (start < tc.enable_looping_at) + [True] * (until > tc.enable_looping_at))
+        for looped in modes or [False]:
+            if (seq_len, looped) not in shapes:
+                shapes.append((seq_len, looped))
+        start = until
+    return shapes
+
+
 def _compile_warmup(cfg: RunConfig, model, forward, opt, clip_params, loader, grad_accum: int,
                     dev: torch.device, log: RunLog) -> float:
     """Build the compiled graphs before the clock starts, then undo every weight and optimizer change.
 
-    As the seed: one forward/backward per (stage length, looping) shape the schedule will need,
-    then warmup_steps real steps plain and warmup_steps looped at the first stage's cap.
+    As the seed: for each (stage length, looping) shape, forward/backward passes with cu_seqlens
+    padded to each bucket size (64, 128, 192, 256 entries) that can hold that stage's boundaries,
+    so the timed loop does not recompile when a batch's document count crosses a bucket; then
+    warmup_steps real steps plain and warmup_steps looped at the first stage's cap.
     """
     tc = cfg.train
     t = time.perf_counter()
     initial_weights = _cpu_state(model)
     initial_opt = opt.state_dict()
-    shapes, start = [], 0.0
-    for seq_len, until in tc.seq_len_stages:
-        for looped in (False, True) if cfg.model.num_loops > 0 else (False,):
-            spans_loop = until > tc.enable_looping_at
-            spans_plain = start < tc.enable_looping_at
-            if ((looped and spans_loop) or (not looped and spans_plain)) and (seq_len, looped) not in shapes:
-                shapes.append((seq_len, looped))
-        start = until
+    shapes = warmup_shapes(cfg)
+    x, y, _, _ = loader.next_batch(tc.seq_len_stages[0][0])
+    row_tokens = x.shape[1]
     for seq_len, looped in shapes:
         model.set_looping(looped)
-        forward_backward(forward, loader, seq_len, 1, dev)
-        opt.zero_grad(set_to_none=True)
+        boundaries = list(range(0, row_tokens, seq_len)) + [row_tokens]
+        for bucket in (CU_BUCKET * k for k in range(1, 5)):
+            if bucket < len(boundaries):
+                continue
+            cu = torch.full((bucket,), row_tokens, dtype=torch.int32)
+            cu[: len(boundaries)] = torch.tensor(boundaries, dtype=torch.int32)
+            with autocast(dev):
+                loss = forward(x, y, cu_seqlens=cu.to(dev), max_seqlen=seq_len)
+            loss.backward()
+            opt.zero_grad(set_to_none=True)
     first_seq_len = tc.seq_len_stages[0][0]
     for looped in (False, True) if cfg.model.num_loops > 0 else (False,):
         model.set_looping(looped)

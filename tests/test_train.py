@@ -72,6 +72,14 @@ def test_cli_rejects_a_stage_that_does_not_divide(tiny_data, tmp_path, capsys):
     assert "pgolf: error: train.seq_len_stages" in capsys.readouterr().err
 
 
+def test_compile_warmup_covers_the_seeds_shapes():
+    from pgolf.train import warmup_shapes
+
+    # seed-delta-spec 4.3: 1024 plain, 2048 plain, 2048 looped, 3072 looped
+    assert warmup_shapes(load_preset("seed")) == [(1024, False), (2048, False), (2048, True), (3072, True)]
+    assert warmup_shapes(load_preset("baseline")) == [(1024, False)]
+
+
 def test_ema_is_an_fp32_exponential_average():
     lin = torch.nn.Linear(3, 2)
     w0 = lin.weight.detach().clone()
