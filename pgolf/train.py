@@ -263,7 +263,7 @@ def train(cfg: RunConfig, data_dir, run_dir, resume: bool = False, *,
     loader = new_loader()
     ema = EMA(model, tc.ema_decay) if tc.ema_decay > 0 else None
     rewarm = schedule.ReWarm(tc.seq_change_warmup_steps)
-    step, elapsed_s, active_seq_len = 0, 0.0, None
+    step, elapsed_s, active_seq_len, last_loss = 0, 0.0, None, None
     if saved is not None:
         model.load_state_dict({k: v.to(dev) for k, v in saved["model"].items()}, strict=True)
         opt.load_state_dict(saved["optimizers"])
@@ -273,6 +273,7 @@ def train(cfg: RunConfig, data_dir, run_dir, resume: bool = False, *,
         rewarm.load_state(saved["rewarm"])
         model.set_looping(bool(saved["looping"]))
         step, elapsed_s, active_seq_len = int(saved["step"]), float(saved["elapsed_s"]), saved["active_seq_len"]
+        last_loss = saved["last_loss"]
         _set_rng_state(saved["rng"])
         log.event("resume", step=step, elapsed_s=elapsed_s)
         saved = None
@@ -283,7 +284,7 @@ def train(cfg: RunConfig, data_dir, run_dir, resume: bool = False, *,
                  "model": weights if weights is not None else _cpu_state(model),
                  "ema": ema.state_dict() if ema is not None else None, "optimizers": opt.state_dict(),
                  "loader": loader_state, "rewarm": rewarm.state(), "active_seq_len": active_seq_len,
-                 "looping": model.looping, "rng": _rng_state()}
+                 "looping": model.looping, "last_loss": last_loss, "rng": _rng_state()}
         if is_main():
             save_train_state(ckpt_path, state)
         barrier()
@@ -338,6 +339,7 @@ def train(cfg: RunConfig, data_dir, run_dir, resume: bool = False, *,
             ema.update()
         step += 1
         losses.append(loss_value)
+        last_loss = loss_value
         elapsed_s = clock.elapsed_s()
         stop = torch.tensor([float(schedule.wallclock_reached(elapsed_s, tc))], device=dev)
         if math.isfinite(budget_s) and all_reduce_max(stop).item() > 0:
@@ -385,13 +387,13 @@ def train(cfg: RunConfig, data_dir, run_dir, resume: bool = False, *,
         model.load_state_dict(raw_weights)
         val_pre = validate("pre_ema")
         model.load_state_dict(ema_weights)
-    steps_run = step - start_step
     summary = {
         "model_params": model_params, "steps": step, "train_seconds": train_s,
-        "tokens_per_second": steps_run * tc.train_batch_tokens / max(train_s - start_elapsed_s, 1e-9),
+        # over the whole run: a resumed run's step and elapsed time both include earlier sessions
+        "tokens_per_second": step * tc.train_batch_tokens / max(train_s, 1e-9),
         "val_loss": val_post["val_loss"], "val_bpb": val_post["val_bpb"], "val_bpb_pre_ema": val_pre["val_bpb"],
         "val_loss_pre_ema": val_pre["val_loss"], "calibration_seconds": calib["seconds"],
-        "final_train_loss": losses[-1] if losses else None, "stopped_by": stopped_by,
+        "final_train_loss": last_loss, "stopped_by": stopped_by,
         "data_manifest_sha256": _manifest_sha256(data_dir), "data_dir": str(data_dir.resolve()),
         "phase_seconds": {"train_setup": setup_s, "compile_warmup": warmup_s, "train": train_s,
                           "calibration": calib["seconds"], "train_val": val_post["seconds"] + (
@@ -510,11 +512,22 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 def config_from_args(args) -> RunConfig:
-    """--config or --preset, then --env knobs, then --set overrides, then the dedicated flags."""
+    """--config or --preset, then --env knobs, then --set overrides, then the dedicated flags.
+
+    With --resume and no --config the base is the run's own RUN/config.json (not --preset), so
+    `pgolf train --resume --out RUN --data D` continues as it started; anything layered on top that
+    changes the config is then refused by `train` with the fields listed.
+    """
     from pgolf.config import load_json, load_preset, parse_set_args
     from pgolf.envknobs import config_from_env
 
-    cfg = load_json(args.config) if args.config else load_preset(args.preset)
+    own = Path(args.out) / "config.json"
+    if args.config:
+        cfg = load_json(args.config)
+    elif getattr(args, "resume", False) and own.exists():
+        cfg = load_json(own)
+    else:
+        cfg = load_preset(args.preset)
     if getattr(args, "env", False):
         cfg = config_from_env(os.environ, cfg)
     overrides: dict[str, Any] = dict(parse_set_args(getattr(args, "set", None)))
@@ -545,7 +558,7 @@ def cmd_train(args) -> int:
             f"\ntrained {cfg.preset}: {s['steps']} steps in {s['train_seconds']:.1f} s "
             f"({s['tokens_per_second']:,.0f} tokens/s), {s['model_params']:,} parameters\n"
             f"  val bpb {s['val_bpb']:.4f} (EMA)   {s['val_bpb_pre_ema']:.4f} (raw weights)   "
-            f"last train loss {s['final_train_loss'] if s['final_train_loss'] is None else round(s['final_train_loss'], 4)}\n"
+            f"last train loss {s['final_train_loss']:.4f}\n"
             f"  calibration {s['calibration_seconds']:.1f} s inside the budget; wrote {run_dir}/final_model.pt, "
             f"calibration.pt, checkpoint.pt, report.json")
     finally:

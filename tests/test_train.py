@@ -150,6 +150,18 @@ def test_resume_after_a_stop_ends_bit_identical(golden_run, tiny_data, tmp_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_cli_resume_uses_the_runs_config_and_refuses_changes(golden_run, tiny_data, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "cli_resume"
+    shutil.copytree(golden_run, run_dir)
+    base = ["train", "--data", str(tiny_data), "--out", str(run_dir), "--resume"]
+    assert main(base + ["--max-steps", "25"]) == 2
+    assert "train.iterations differ" in capsys.readouterr().err
+    assert main(base) == 0  # the run's own config: nothing left to train, the end-of-run work is redone
+    assert json.loads((run_dir / "report.json").read_text())["steps"] == GOLDEN_STEPS
+
+
 def test_resume_with_another_config_lists_the_differences(golden_run, tiny_data, tmp_path):
     import shutil
 
