@@ -415,6 +415,38 @@ def test_listed_seeds_need_reports_and_the_mean_is_checked(tmp_path):
     assert statuses(audit_paths([rec, *runs]), "consistency.numbers") == [FAIL]
 
 
+def test_per_seed_subfolders_of_a_record(tmp_path):
+    runs = [make_run(tmp_path / "runs", f"seed_{s}", seed=s, bpb=1.25) for s in (1, 2)]
+    rec = make_record(runs[0], tmp_path / "rec", seeds=[1, 2], readme="# x\n\n2-seed mean.\n")
+    for r in runs:
+        shutil.copytree(r, rec / r.name)
+    sub = json.loads((rec / "submission.json").read_text())
+    assert sorted(sub["seed_results"]) == ["1"]  # pack writes one seed; a 2-seed record lists both
+    sub["seed_results"]["2"] = sub["seed_results"]["1"]
+    (rec / "submission.json").write_text(json.dumps(sub))
+    checks = audit_paths([rec])
+    assert [c for c in checks if c.status == FAIL] == []
+    # each seed's copy is audited, measured against the record's one train_gpt.py
+    assert statuses(checks, "size.code", str(rec / "seed_2")) == [PASS]
+    assert statuses(checks, "consistency.seeds", str(rec)) == [PASS]
+    assert statuses(checks, "consistency.seed_claims", str(rec)) == [PASS]
+    cfg = json.loads((rec / "seed_2" / "report.json").read_text())
+    cfg["config"]["ttt"]["lora_rank"] = 16
+    (rec / "seed_2" / "report.json").write_text(json.dumps(cfg))
+    (rec / "seed_2" / "config.json").unlink()
+    assert statuses(audit_paths([rec]), "consistency.config_hash") == [FAIL]
+
+
+def test_code_changed_between_quantize_and_pack_is_explained(tmp_path):
+    run = make_run(tmp_path, seed=42)
+    rec = make_record(run, tmp_path / "rec")
+    (rec / "train_gpt.py").write_text(CODE_TEXT + "#")
+    _edit_json(rec / "submission.json", bytes_code=len(CODE_TEXT) + 1)
+    checks = audit_paths([rec])
+    assert statuses(checks, "size.code") == [FAIL]
+    assert "quantize time" in detail(checks, "size.code")
+
+
 def test_run_not_in_the_submission_is_warned(tmp_path):
     run = make_run(tmp_path, "a", seed=42)
     rec = make_record(run, tmp_path / "rec")
