@@ -273,8 +273,9 @@ def test_final_result_order():
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("PGOLF_SLOW"), reason="slow (about a minute on 2 CPU cores): set PGOLF_SLOW=1")
 def test_packed_file_reproduces_the_package(bare_python, tmp_path):
-    """Same config and seed: `pgolf run` and the packed train_gpt.py (bare venv, empty folder) agree exactly."""
-    cfg = load_preset("tiny").replace({"train.iterations": 3, "ttt.enabled": False})
+    """Same config, seed and data: `pgolf run` and the packed train_gpt.py (bare venv) agree exactly, TTT included."""
+    cfg = load_preset("tiny").replace({"train.iterations": 3})
+    assert cfg.ttt.enabled and cfg.ttt.peer_mode == "causal"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["OMP_NUM_THREADS"] = "1"  # identical reductions in both processes
     pkg = tmp_path / "pkg"
@@ -286,11 +287,14 @@ def test_packed_file_reproduces_the_package(bare_python, tmp_path):
     rec = tmp_path / "record"
     rec.mkdir()
     (rec / "train_gpt.py").write_text(pack.build_train_gpt(cfg.to_json()))
-    r = subprocess.run([bare_python, "train_gpt.py"], cwd=rec, env=env, capture_output=True, text=True, timeout=600)
+    # The packed file carries no data preparation: it trains on the package's prepared data dir.
+    r = subprocess.run([bare_python, "train_gpt.py", "--data", str(pkg / "run-data")], cwd=rec, env=env,
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     a = json.loads((pkg / "run" / "report.json").read_text())
     b = json.loads((rec / "run" / "report.json").read_text())
-    for key in ("val_bpb", "val_bpb_roundtrip", "model_bytes", "steps"):
-        assert a[key] == b[key], key
+    for key in ("val_bpb", "val_bpb_roundtrip", "val_bpb_ttt", "val_bpb_ttt_ensemble", "model_bytes", "steps",
+                "coverage_tokens"):
+        assert key in a and a[key] == b[key], key
     assert b["code_bytes"] == os.path.getsize(rec / "train_gpt.py")
     assert (pkg / "run" / ARTIFACT_NAME).read_bytes() == (rec / "run" / ARTIFACT_NAME).read_bytes()
