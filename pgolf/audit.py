@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pgolf.config import RunConfig, flatten
 from pgolf.errors import DataError
+from pgolf.pack import final_result as headline
 
 CHALLENGE_CAP_BYTES = 16_000_000
 CHALLENGE_TRAIN_S = 600.0
@@ -51,6 +53,7 @@ RECORD_PRESETS = ("record", "seed")
 BPB_TOL = 1e-8
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
+_DEFAULTS = flatten(RunConfig().to_dict())
 _COUNT_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
                 "nine": 9, "ten": 10, "single": 1}
 
@@ -115,17 +118,13 @@ def _read_json(path: Path) -> dict:
 
 def _read_jsonl(path: Path) -> list[dict]:
     """The records of a RunLog file; a line cut off by a crash is skipped, not fatal."""
-    if not path.exists():
-        return []
     out = []
-    for line in path.read_text(errors="replace").splitlines():
+    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
         try:
-            rec = json.loads(line)
+            out.append(json.loads(line))
         except json.JSONDecodeError:
             continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
+    return [r for r in out if isinstance(r, dict)]
 
 
 def cfg_get(config: dict, dotted: str) -> Any:
@@ -136,15 +135,6 @@ def cfg_get(config: dict, dotted: str) -> Any:
             return _DEFAULTS.get(dotted)
         node = node[part]
     return node
-
-
-def _defaults() -> dict:
-    from pgolf.config import RunConfig, flatten
-
-    return flatten(RunConfig().to_dict())
-
-
-_DEFAULTS = _defaults()
 
 
 def load_view(path: Path, kind: str) -> RunView:
@@ -211,12 +201,6 @@ def _fmt_s(v: float) -> str:
 
 def _last_event(events: list[dict], name: str) -> dict | None:
     return next((e for e in reversed(events) if e.get("event") == name), None)
-
-
-def headline(report: dict) -> tuple[str, float] | None:
-    from pgolf.pack import final_result
-
-    return final_result(report)
 
 
 def record_claim(view: RunView) -> bool:
@@ -503,8 +487,6 @@ def check_logs(view: RunView) -> list[Check]:
         checks.append(Check(PASS if found else WARN, "consistency.log", who,
                             ("report = logs: " + ", ".join(found)) if found else "no result lines to compare"))
     if view.config_json is not None and isinstance(rep.get("config"), dict):
-        from pgolf.config import flatten
-
         a, b = flatten(view.config_json), flatten(rep["config"])
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         checks.append(Check(FAIL if diff else PASS, "consistency.config_json", who,
@@ -644,7 +626,6 @@ def check_group(views: list[RunView], who: str) -> list[Check]:
     checks = []
     hashes = {v.config_hash for v in views}
     if None in hashes or len(hashes) > 1:
-        from pgolf.config import flatten
         from pgolf.significance import SEED_FIELDS
 
         base = flatten(views[0].config)
@@ -683,29 +664,22 @@ def audit_view(view: RunView, sub: Submission | None = None) -> list[Check]:
 
 
 def audit_paths(paths: list[str | Path]) -> list[Check]:
+    """Every check for the given run directories and record folders, in input order per submission."""
     runs, subs = load_inputs(paths)
     checks: list[Check] = []
-    claimed: set[int] = set()
-    record_paths = {s.view.path.resolve() for s in subs if s.view is not None}
+    listed: set[int] = set()
     for sub in subs:
-        if sub.view is not None:
-            checks += audit_view(sub.view, sub)
-        for extra in sub.extra_views:
-            checks += audit_view(extra, sub)
+        for view in ([sub.view] if sub.view is not None else []) + sub.extra_views:
+            checks += audit_view(view, sub)
         checks += check_submission(sub, runs)
-        claimed |= {id(v) for v in submission_views(sub, runs)}
-        listed = {s for s in sub.data.get("seeds") or [] if isinstance(s, int)}
-        claimed |= {id(r) for r in runs if r.seed in listed}
+        listed |= {s for s in sub.data.get("seeds") or [] if isinstance(s, int)}
     for run in runs:
-        if run.path.resolve() in record_paths:
-            continue
         checks += audit_view(run)
-    loose = [r for r in runs if id(r) not in claimed]
     if subs:
         checks += [Check(WARN, "consistency.seeds", r.label, f"seed {r.seed} is in no audited submission.json")
-                   for r in loose]
+                   for r in runs if r.seed not in listed]
     else:
-        checks += check_group(loose, "runs")
+        checks += check_group(runs, "runs")
     return checks
 
 
