@@ -227,7 +227,7 @@ def train(cfg: RunConfig, data_dir, run_dir, resume: bool = False, *,
         diff = saved_cfg.diff(cfg)
         if diff:
             raise ConfigError(f"{ckpt_path}: written with a different config ({', '.join(diff)} differ); "
-                              f"resume with --config {run_dir / 'config.json'}")
+                              f"resume with the run's own {run_dir / 'config.json'} or start a new run")
         if int(saved["world_size"]) != d.world_size:
             raise ConfigError(f"{ckpt_path}: written by {saved['world_size']} processes, resuming with "
                               f"{d.world_size}; the loader cursor assumes the same world size")
@@ -258,7 +258,7 @@ def train(cfg: RunConfig, data_dir, run_dir, resume: bool = False, *,
         return DocumentPackingLoader(files, d.rank, d.world_size, local_tokens, dev)
 
     warmup_s = 0.0
-    if compiling and tc.warmup_steps > 0 and saved is None:
+    if compiling and tc.warmup_steps > 0:  # also on resume: the checkpoint is loaded after it
         warmup_s = _compile_warmup(cfg, model, forward, opt, clip_params, new_loader(), grad_accum, dev, log)
     loader = new_loader()
     ema = EMA(model, tc.ema_decay) if tc.ema_decay > 0 else None
