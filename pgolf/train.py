@@ -203,208 +203,253 @@ def train(cfg: RunConfig, data_dir, run_dir, resume: bool = False, *,
     the end-of-run work, as if the process had been killed right after a checkpoint: the run
     continues with `resume=True`. (It is the seed's FORCE_STOP_STEP without the schedule change.)
     """
-    from pgolf.checkpoint import load_train_state, save_model, save_train_state
-    from pgolf.data import load_val, train_files
-    from pgolf.model import GPT
-    from pgolf.optim import build_optimizers
-    from pgolf.report import update_report, write_config
-
-    d = init_distributed()
-    dev = d.device
-    run_dir, data_dir = Path(run_dir), Path(data_dir)
-    tc = cfg.train
-    t_setup = time.perf_counter()
-    grad_accum = grad_accum_steps(tc, d.world_size)
-    local_tokens = local_micro_tokens(tc, d.world_size, grad_accum)
-    budget_s = schedule.training_budget_s(tc)
-    ckpt_path = run_dir / "checkpoint.pt"
-    saved = None
-    if resume:
-        if not ckpt_path.exists():
-            raise TrainingError(f"{ckpt_path}: no checkpoint to resume from")
-        saved = load_train_state(ckpt_path)
-        saved_cfg = RunConfig.from_dict(json.loads(saved["config"]))
-        diff = saved_cfg.diff(cfg)
-        if diff:
-            raise ConfigError(f"{ckpt_path}: written with a different config ({', '.join(diff)} differ); "
-                              f"resume with the run's own {run_dir / 'config.json'} or start a new run")
-        if int(saved["world_size"]) != d.world_size:
-            raise ConfigError(f"{ckpt_path}: written by {saved['world_size']} processes, resuming with "
-                              f"{d.world_size}; the loader cursor assumes the same world size")
-    barrier()
-    log = RunLog(run_dir / "train.jsonl")
-    write_config(run_dir, cfg)
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    _seed_everything(tc.seed)
-    files = train_files(data_dir)
-    val = load_val(data_dir, include_tail=cfg.eval.include_tail, val_docs_limit=cfg.eval.val_docs_limit,
-                   seq_len=cfg.eval.eval_seq_len)
-    model = GPT(cfg.model).to(dev)
-    opt = build_optimizers(model, tc)
-    clip_params = [p for p in model.parameters() if p.requires_grad]
-    compiling = tc.compile == "on" or (tc.compile == "auto" and dev.type == "cuda")
-    forward = _compile(model) if compiling else model
-    seq_sched = schedule.SeqLenSchedule.from_config(tc)
-    model_params = sum(p.numel() for p in model.parameters())
-    log.event("setup", model_params=model_params, world_size=d.world_size, grad_accum_steps=grad_accum,
-              local_microbatch_tokens=local_tokens, train_seq_schedule=schedule.format_seq_schedule(tc.seq_len_stages),
-              budget_s=budget_s if math.isfinite(budget_s) else None, train_shards=len(files),
-              val_targets=val.num_targets, device=str(dev), compile=compiling, resume=resume)
-
-    def new_loader() -> DocumentPackingLoader:
-        return DocumentPackingLoader(files, d.rank, d.world_size, local_tokens, dev)
-
-    warmup_s = 0.0
-    if compiling and tc.warmup_steps > 0:  # also on resume: the checkpoint is loaded after it
-        warmup_s = _compile_warmup(cfg, model, forward, opt, clip_params, new_loader(), grad_accum, dev, log)
-    loader = new_loader()
-    ema = EMA(model, tc.ema_decay) if tc.ema_decay > 0 else None
-    rewarm = schedule.ReWarm(tc.seq_change_warmup_steps)
-    step, elapsed_s, active_seq_len, last_loss = 0, 0.0, None, None
+    run_dir = Path(run_dir)
+    saved = _resume_state(cfg, run_dir) if resume else None
+    run = _Run(cfg, Path(data_dir), run_dir, resume)
     if saved is not None:
-        model.load_state_dict({k: v.to(dev) for k, v in saved["model"].items()}, strict=True)
-        opt.load_state_dict(saved["optimizers"])
-        if ema is not None:
-            ema.load_state_dict(saved["ema"])
-        loader.load_state(saved["loader"])
-        rewarm.load_state(saved["rewarm"])
-        model.set_looping(bool(saved["looping"]))
-        step, elapsed_s, active_seq_len = int(saved["step"]), float(saved["elapsed_s"]), saved["active_seq_len"]
-        last_loss = saved["last_loss"]
-        _set_rng_state(saved["rng"])
-        log.event("resume", step=step, elapsed_s=elapsed_s)
-        saved = None
+        run.restore(saved)
+    tc = cfg.train
+    run.clock.start()
+    start_step, start_elapsed_s = run.step, run.clock.elapsed_s()
+    while run.step < tc.iterations:
+        seq_len, lr_scale = run.apply_schedule()
+        run.train_step(seq_len)
+        elapsed_s = run.clock.elapsed_s()
+        # Every rank stops at the same step: the first rank over the budget decides (MAX).
+        over = torch.tensor([float(schedule.wallclock_reached(elapsed_s, tc))], device=run.dev)
+        if math.isfinite(run.budget_s) and all_reduce_max(over).item() > 0:
+            run.stopped_by = "wallclock"
+        step = run.step
+        last = run.stopped_by == "wallclock" or step >= tc.iterations or step == stop_after_steps
+        if step <= 5 or (tc.train_log_every > 0 and step % tc.train_log_every == 0) or last:
+            tokens_per_s = (step - start_step) * tc.train_batch_tokens / max(elapsed_s - start_elapsed_s, 1e-9)
+            run.log.event("step", step=step, loss=run.last_loss, lr_scale=lr_scale, seq_len=seq_len,
+                          looping=run.model.looping, tokens_per_s=tokens_per_s, elapsed_s=elapsed_s)
+        if tc.val_loss_every > 0 and step % tc.val_loss_every == 0 and not last:
+            with run.clock.paused():
+                run.validate("periodic")
+        if (tc.checkpoint_every > 0 and step % tc.checkpoint_every == 0) or step == stop_after_steps:
+            with run.clock.paused():
+                run.checkpoint(run.loader.state())
+        if step == stop_after_steps:
+            run.log.event("stopped", step=step, reason="stop_after_steps")
+            return {"stopped_at_step": step, "losses": run.losses, "checkpoint": str(run.ckpt_path)}
+        if run.stopped_by == "wallclock":
+            run.log.event("wallclock_stop", step=step, elapsed_s=elapsed_s, budget_s=run.budget_s)
+            break
+    return run.finish()
 
-    def checkpoint(loader_state: dict, weights: dict | None = None) -> None:
-        """Every rank takes part (the optimizer gathers its shards); rank 0 writes."""
-        state = {"config": cfg.to_json(), "world_size": d.world_size, "step": step, "elapsed_s": clock.elapsed_s(),
-                 "model": weights if weights is not None else _cpu_state(model),
-                 "ema": ema.state_dict() if ema is not None else None, "optimizers": opt.state_dict(),
-                 "loader": loader_state, "rewarm": rewarm.state(), "active_seq_len": active_seq_len,
-                 "looping": model.looping, "last_loss": last_loss, "rng": _rng_state()}
+
+def _resume_state(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """RUN/checkpoint.pt, refused unless it was written by this config and this world size."""
+    from pgolf.checkpoint import load_train_state
+
+    path = run_dir / "checkpoint.pt"
+    if not path.exists():
+        raise TrainingError(f"{path}: no checkpoint to resume from")
+    saved = load_train_state(path)
+    diff = RunConfig.from_dict(json.loads(saved["config"])).diff(cfg)
+    if diff:
+        raise ConfigError(f"{path}: written with a different config ({', '.join(diff)} differ); "
+                          f"resume with the run's own {run_dir / 'config.json'} or start a new run")
+    world_size = init_distributed().world_size
+    if int(saved["world_size"]) != world_size:
+        raise ConfigError(f"{path}: written by {saved['world_size']} processes, resuming with {world_size}; "
+                          f"the loader cursor assumes the same world size")
+    return saved
+
+
+class _Run:
+    """One training run's state: model, optimizers, loader, EMA, schedule state, clock and logs."""
+
+    def __init__(self, cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool):
+        from pgolf.data import load_val, train_files
+        from pgolf.model import GPT
+        from pgolf.optim import build_optimizers
+        from pgolf.report import write_config
+
+        t_setup = time.perf_counter()
+        self.cfg, self.data_dir, self.run_dir = cfg, data_dir, run_dir
+        tc = cfg.train
+        self.dist = init_distributed()
+        self.dev = self.dist.device
+        self.grad_accum = grad_accum_steps(tc, self.dist.world_size)
+        self.local_tokens = local_micro_tokens(tc, self.dist.world_size, self.grad_accum)
+        self.budget_s = schedule.training_budget_s(tc)
+        self.ckpt_path = run_dir / "checkpoint.pt"
+        barrier()
+        self.log = RunLog(run_dir / "train.jsonl")
+        write_config(run_dir, cfg)
+        if self.dev.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+        _seed_everything(tc.seed)
+        self.files = train_files(data_dir)
+        self.val = load_val(data_dir, include_tail=cfg.eval.include_tail, val_docs_limit=cfg.eval.val_docs_limit,
+                            seq_len=cfg.eval.eval_seq_len)
+        self.model = GPT(cfg.model).to(self.dev)
+        self.opt = build_optimizers(self.model, tc)
+        self.clip_params = [p for p in self.model.parameters() if p.requires_grad]
+        compiling = tc.compile == "on" or (tc.compile == "auto" and self.dev.type == "cuda")
+        self.forward = _compile(self.model) if compiling else self.model
+        self.seq_sched = schedule.SeqLenSchedule.from_config(tc)
+        self.model_params = sum(p.numel() for p in self.model.parameters())
+        self.log.event("setup", model_params=self.model_params, world_size=self.dist.world_size,
+                       grad_accum_steps=self.grad_accum, local_microbatch_tokens=self.local_tokens,
+                       train_seq_schedule=schedule.format_seq_schedule(tc.seq_len_stages),
+                       budget_s=self.budget_s if math.isfinite(self.budget_s) else None,
+                       train_shards=len(self.files), val_targets=self.val.num_targets, device=str(self.dev),
+                       compile=compiling, resume=resume)
+        self.warmup_s = 0.0
+        if compiling and tc.warmup_steps > 0:  # also on resume: the checkpoint is loaded after it
+            self.warmup_s = _compile_warmup(cfg, self.model, self.forward, self.opt, self.clip_params,
+                                            self._new_loader(), self.grad_accum, self.dev, self.log)
+        self.loader = self._new_loader()
+        self.ema = EMA(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
+        self.rewarm = schedule.ReWarm(tc.seq_change_warmup_steps)
+        self.step, self.active_seq_len, self.last_loss = 0, None, None
+        self.losses: list[float] = []
+        self.stopped_by = "iterations"
+        self.clock = _Clock(self.dev)
+        self.setup_s = time.perf_counter() - t_setup
+
+    def _new_loader(self) -> DocumentPackingLoader:
+        return DocumentPackingLoader(self.files, self.dist.rank, self.dist.world_size, self.local_tokens, self.dev)
+
+    # -- resume ---------------------------------------------------------------------------------
+    def state(self, loader_state: dict, weights: dict | None = None) -> dict[str, Any]:
+        """The resumable state; a collective (the optimizer gathers its shards)."""
+        return {"config": self.cfg.to_json(), "world_size": self.dist.world_size, "step": self.step,
+                "elapsed_s": self.clock.elapsed_s(),
+                "model": weights if weights is not None else _cpu_state(self.model),
+                "ema": self.ema.state_dict() if self.ema is not None else None, "optimizers": self.opt.state_dict(),
+                "loader": loader_state, "rewarm": self.rewarm.state(), "active_seq_len": self.active_seq_len,
+                "looping": self.model.looping, "last_loss": self.last_loss, "rng": _rng_state()}
+
+    def checkpoint(self, loader_state: dict, weights: dict | None = None) -> None:
+        from pgolf.checkpoint import save_train_state
+
+        state = self.state(loader_state, weights)
         if is_main():
-            save_train_state(ckpt_path, state)
+            save_train_state(self.ckpt_path, state)
         barrier()
 
-    def validate(tag: str) -> dict[str, float]:
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.model.load_state_dict({k: v.to(self.dev) for k, v in saved["model"].items()}, strict=True)
+        self.opt.load_state_dict(saved["optimizers"])
+        if self.ema is not None:
+            self.ema.load_state_dict(saved["ema"])
+        self.loader.load_state(saved["loader"])
+        self.rewarm.load_state(saved["rewarm"])
+        self.model.set_looping(bool(saved["looping"]))
+        self.step, self.active_seq_len, self.last_loss = int(saved["step"]), saved["active_seq_len"], saved["last_loss"]
+        self.clock = _Clock(self.dev, float(saved["elapsed_s"]))
+        _set_rng_state(saved["rng"])
+        self.log.event("resume", step=self.step, elapsed_s=float(saved["elapsed_s"]))
+
+    # -- one step -------------------------------------------------------------------------------
+    def apply_schedule(self) -> tuple[int, float]:
+        """Progress -> stage (logging switches and starting the re-warm), looping, LR and momentum."""
+        tc, step = self.cfg.train, self.step
+        p = schedule.progress(self.clock.elapsed_s(), step, tc)
+        seq_len = self.seq_sched.lookup(p)
+        if seq_len != self.active_seq_len:
+            self.active_seq_len = seq_len
+            self.log.event("stage", step=step, seq_len=seq_len, progress=p)
+            if self.rewarm.start(step):
+                self.log.event("rewarm", step=step, steps=self.rewarm.steps, seq_len=seq_len)
+        if self.cfg.model.num_loops > 0 and not self.model.looping and schedule.looping_active(p, tc.enable_looping_at):
+            self.model.set_looping(True)
+            encoder, decoder = self.model.layer_schedule()
+            self.log.event("looping", step=step, progress=p, encoder=encoder, decoder=decoder)
+        lr_scale = schedule.lr_scale(p, step, tc, self.rewarm)
+        self.opt.set_lr_scale(lr_scale)
+        self.opt.set_muon_momentum(schedule.muon_momentum(step, tc.muon_momentum_warmup_start, tc.muon_momentum,
+                                                          tc.muon_momentum_warmup_steps))
+        return seq_len, lr_scale
+
+    def train_step(self, seq_len: int) -> None:
+        """Gradients, the NaN guard, the update and the EMA of one optimizer step."""
+        loader_before = self.loader.state()
+        loss = forward_backward(self.forward, self.loader, seq_len, self.grad_accum, self.dev)
+        # The mean over ranks is what a single process with the same global batch would report,
+        # and a non-finite loss on any rank stops every rank at the same step.
+        loss_value = all_reduce_sum(loss.reshape(1)).item() / self.dist.world_size
+        if not math.isfinite(loss_value):
+            self.opt.zero_grad(set_to_none=True)
+            with self.clock.paused():
+                self.checkpoint(loader_before)
+            self.log.event("nan", step=self.step + 1, loss=loss_value)
+            raise TrainingError(f"non-finite training loss ({loss_value}) at step {self.step + 1}; the state after "
+                                f"step {self.step} (before the bad update) is saved in {self.ckpt_path}")
+        apply_update(self.opt, self.clip_params, self.cfg.train.grad_clip_norm)
+        if self.ema is not None:
+            self.ema.update()
+        self.step += 1
+        self.losses.append(loss_value)
+        self.last_loss = loss_value
+
+    def validate(self, tag: str) -> dict[str, float]:
         from pgolf.evaluate import eval_packed
 
         t = time.perf_counter()
-        meter = eval_packed(model, val, cfg.eval)
+        meter = eval_packed(self.model, self.val, self.cfg.eval)
         rec = {"val_loss": meter.loss(), "val_bpb": meter.bpb(), "seconds": time.perf_counter() - t}
-        log.event("val", tag=tag, step=step, **rec)
+        self.log.event("val", tag=tag, step=self.step, **rec)
         return rec
 
-    losses: list[float] = []
-    start_step = step
-    setup_s = time.perf_counter() - t_setup
-    clock = _Clock(dev, elapsed_s)
-    start_elapsed_s = elapsed_s
-    clock.start()
-    stopped_by = "iterations"
-    while step < tc.iterations:
-        elapsed_s = clock.elapsed_s()
-        p = schedule.progress(elapsed_s, step, tc)
-        seq_len = seq_sched.lookup(p)
-        if seq_len != active_seq_len:
-            active_seq_len = seq_len
-            log.event("stage", step=step, seq_len=seq_len, progress=p)
-            if rewarm.start(step):
-                log.event("rewarm", step=step, steps=rewarm.steps, seq_len=seq_len)
-        if cfg.model.num_loops > 0 and not model.looping and schedule.looping_active(p, tc.enable_looping_at):
-            model.set_looping(True)
-            enc, dec = model.layer_schedule()
-            log.event("looping", step=step, progress=p, encoder=enc, decoder=dec)
-        lr_scale = schedule.lr_scale(p, step, tc, rewarm)
-        opt.set_lr_scale(lr_scale)
-        opt.set_muon_momentum(schedule.muon_momentum(step, tc.muon_momentum_warmup_start, tc.muon_momentum,
-                                                     tc.muon_momentum_warmup_steps))
-        loader_before = loader.state()
-        loss = forward_backward(forward, loader, seq_len, grad_accum, dev)
-        # The mean over ranks is what a single process with the same global batch would report,
-        # and a non-finite loss on any rank stops every rank at the same step.
-        loss_value = all_reduce_sum(loss.reshape(1)).item() / d.world_size
-        if not math.isfinite(loss_value):
-            opt.zero_grad(set_to_none=True)
-            with clock.paused():
-                checkpoint(loader_before)
-            log.event("nan", step=step + 1, loss=loss_value)
-            raise TrainingError(f"non-finite training loss ({loss_value}) at step {step + 1}; the state after step "
-                                f"{step} (before the bad update) is saved in {ckpt_path}")
-        apply_update(opt, clip_params, tc.grad_clip_norm)
-        if ema is not None:
-            ema.update()
-        step += 1
-        losses.append(loss_value)
-        last_loss = loss_value
-        elapsed_s = clock.elapsed_s()
-        stop = torch.tensor([float(schedule.wallclock_reached(elapsed_s, tc))], device=dev)
-        if math.isfinite(budget_s) and all_reduce_max(stop).item() > 0:
-            stopped_by = "wallclock"
-        last = stopped_by == "wallclock" or step >= tc.iterations or step == stop_after_steps
-        if step <= 5 or (tc.train_log_every > 0 and step % tc.train_log_every == 0) or last:
-            log.event("step", step=step, loss=loss_value, lr_scale=lr_scale, seq_len=seq_len, looping=model.looping,
-                      tokens_per_s=(step - start_step) * tc.train_batch_tokens / max(elapsed_s - start_elapsed_s, 1e-9),
-                      elapsed_s=elapsed_s)
-        if tc.val_loss_every > 0 and step % tc.val_loss_every == 0 and not last:
-            with clock.paused():
-                validate("periodic")
-        if (tc.checkpoint_every > 0 and step % tc.checkpoint_every == 0) or step == stop_after_steps:
-            with clock.paused():
-                checkpoint(loader.state())
-        if step == stop_after_steps:
-            log.event("stopped", step=step, reason="stop_after_steps")
-            return {"stopped_at_step": step, "losses": losses, "checkpoint": str(ckpt_path)}
-        if stopped_by == "wallclock":
-            log.event("wallclock_stop", step=step, elapsed_s=elapsed_s, budget_s=budget_s)
-            break
-    train_s = clock.elapsed_s()
+    # -- the end --------------------------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        """EMA, Hessians inside the reserve, files, pre/post-EMA validation, report."""
+        from pgolf.checkpoint import save_model
+        from pgolf.report import update_report
 
-    # ---- the GPTQ reserve: EMA weights, then Hessians from training data, still on the clock
-    raw_weights = _cpu_state(model)
-    if ema is not None:
-        ema.copy_to(model)
-        log.event("ema", decay=tc.ema_decay)
-    model.set_looping(cfg.model.num_loops > 0)  # the final model is evaluated and quantized looped
-    calib = _calibrate(cfg, model, files, d.rank, d.world_size, local_tokens)
-    total_s = train_s + calib["seconds"]
-    log.event("calibration", num_hessians=len(calib["hessians"]), seconds=calib["seconds"], train_s=train_s,
-              total_s=total_s, within_wallclock=(tc.max_wallclock_seconds <= 0 or total_s <= tc.max_wallclock_seconds))
-    if is_main():
-        torch.save(calib, run_dir / "calibration.pt")
-        save_model(run_dir / "final_model.pt", model)
-    clock = _Clock(dev, train_s)  # the checkpoint records the loop's elapsed time, not the calibration
-    checkpoint(loader.state(), weights=raw_weights)
+        cfg, tc, model = self.cfg, self.cfg.train, self.model
+        train_s = self.clock.elapsed_s()
+        # The GPTQ reserve: EMA weights, then Hessians from training data, still on the clock.
+        raw_weights = _cpu_state(model)
+        if self.ema is not None:
+            self.ema.copy_to(model)
+            self.log.event("ema", decay=tc.ema_decay)
+        model.set_looping(cfg.model.num_loops > 0)  # the final model is evaluated and quantized looped
+        calib = _calibrate(cfg, model, self.files, self.dist.rank, self.dist.world_size, self.local_tokens)
+        total_s = train_s + calib["seconds"]
+        self.log.event("calibration", num_hessians=len(calib["hessians"]), seconds=calib["seconds"],
+                       train_s=train_s, total_s=total_s,
+                       within_wallclock=tc.max_wallclock_seconds <= 0 or total_s <= tc.max_wallclock_seconds)
+        if is_main():
+            torch.save(calib, self.run_dir / "calibration.pt")
+            save_model(self.run_dir / "final_model.pt", model)
+        self.clock = _Clock(self.dev, train_s)  # the checkpoint records the loop's time, not the calibration
+        self.checkpoint(self.loader.state(), weights=raw_weights)
 
-    # ---- validation, off the clock: post-EMA (the result), then the raw weights
-    val_post = validate("post_ema")
-    val_pre = val_post
-    if ema is not None:
-        ema_weights = _cpu_state(model)
-        model.load_state_dict(raw_weights)
-        val_pre = validate("pre_ema")
-        model.load_state_dict(ema_weights)
-    summary = {
-        "model_params": model_params, "steps": step, "train_seconds": train_s,
-        # over the whole run: a resumed run's step and elapsed time both include earlier sessions
-        "tokens_per_second": step * tc.train_batch_tokens / max(train_s, 1e-9),
-        "val_loss": val_post["val_loss"], "val_bpb": val_post["val_bpb"], "val_bpb_pre_ema": val_pre["val_bpb"],
-        "val_loss_pre_ema": val_pre["val_loss"], "calibration_seconds": calib["seconds"],
-        "final_train_loss": last_loss, "stopped_by": stopped_by,
-        "data_manifest_sha256": _manifest_sha256(data_dir), "data_dir": str(data_dir.resolve()),
-        "phase_seconds": {"train_setup": setup_s, "compile_warmup": warmup_s, "train": train_s,
-                          "calibration": calib["seconds"], "train_val": val_post["seconds"] + (
-                              val_pre["seconds"] if val_pre is not val_post else 0.0)},
-        "config": cfg.to_dict(),
-    }
-    update_report(run_dir, summary)
-    log.event("done", **{k: v for k, v in summary.items() if k not in ("config", "phase_seconds")})
-    log.close()
-    barrier()
-    return {**summary, "losses": losses}
+        # Validation, off the clock: post-EMA (the result), then the raw weights.
+        val_post = self.validate("post_ema")
+        val_pre, val_s = val_post, val_post["seconds"]
+        if self.ema is not None:
+            ema_weights = _cpu_state(model)
+            model.load_state_dict(raw_weights)
+            val_pre = self.validate("pre_ema")
+            model.load_state_dict(ema_weights)
+            val_s += val_pre["seconds"]
+        summary = {
+            "model_params": self.model_params, "steps": self.step, "train_seconds": train_s,
+            # over the whole run: a resumed run's step and elapsed time both include earlier sessions
+            "tokens_per_second": self.step * tc.train_batch_tokens / max(train_s, 1e-9),
+            "val_loss": val_post["val_loss"], "val_bpb": val_post["val_bpb"], "val_bpb_pre_ema": val_pre["val_bpb"],
+            "val_loss_pre_ema": val_pre["val_loss"], "calibration_seconds": calib["seconds"],
+            "final_train_loss": self.last_loss, "stopped_by": self.stopped_by,
+            "data_manifest_sha256": _manifest_sha256(self.data_dir), "data_dir": str(self.data_dir.resolve()),
+            "phase_seconds": {"train_setup": self.setup_s, "compile_warmup": self.warmup_s, "train": train_s,
+                              "calibration": calib["seconds"], "train_val": val_s},
+            "config": cfg.to_dict(),
+        }
+        update_report(self.run_dir, summary)
+        self.log.event("done", **{k: v for k, v in summary.items() if k not in ("config", "phase_seconds")})
+        self.log.close()
+        barrier()
+        return {**summary, "losses": self.losses}
 
 
 def _compile(model: torch.nn.Module):
