@@ -480,5 +480,15 @@ def test_end_to_end_tiny_run(tmp_path, tiny_data):
     rc = main(["run", "--data", str(tiny_data), "--preset", "tiny", "--out", str(tmp_path / "run"),
                "--set", "train.iterations=4"])
     assert rc == 0
-    checks = audit_paths([tmp_path / "run"])
+    run = tmp_path / "run"
+    checks = audit_paths([run])
     assert [c for c in checks if c.status == FAIL] == []
+    assert "recomputed from disk" in [c.detail for c in checks if c.name == "size.total"
+                                      and c.subject == str(run / "record")][0]
+    assert statuses(checks, "consistency.numbers", str(run / "record")) == [PASS]
+    with open(run / ARTIFACT_NAME, "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    assert statuses(audit_paths([run]), "artifact.integrity") == [FAIL, FAIL]  # the run and its record
