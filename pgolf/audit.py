@@ -86,7 +86,7 @@ class RunView:
 
     @property
     def seed(self) -> int | None:
-        s = cfg_get(self.config, "train.seed")
+        s = cfg_get(self.config, "train.seed") if self.config else None  # no config: no default seed either
         return int(s) if isinstance(s, (int, float)) else None
 
     @property
@@ -228,12 +228,12 @@ def check_size(view: RunView, sub: Submission | None = None) -> list[Check]:
     sub_claims = sub.data if sub is not None and view is sub.view else {}
 
     model_disk = os.path.getsize(view.artifact) if view.artifact is not None else None
-    model_claims = {k: v for k, v in (("report model_bytes", rep.get("model_bytes")),
-                                      ("submission bytes_model", sub_claims.get("bytes_model"))) if v is not None}
+    model_claims = _claims(("report model_bytes", rep.get("model_bytes")),
+                           ("submission bytes_model", sub_claims.get("bytes_model")))
     checks.append(_bytes_check("size.model", who, model_disk, model_claims, "artifact"))
     code_disk = os.path.getsize(view.code_file) if view.code_file is not None else None
-    code_claims = {k: v for k, v in (("report code_bytes", rep.get("code_bytes")),
-                                     ("submission bytes_code", sub_claims.get("bytes_code"))) if v is not None}
+    code_claims = _claims(("report code_bytes", rep.get("code_bytes")),
+                          ("submission bytes_code", sub_claims.get("bytes_code")))
     code_check = _bytes_check("size.code", who, code_disk, code_claims, "train_gpt.py")
     if code_check.status == FAIL and code_claims.get("report code_bytes") not in (None, code_disk):
         # quantize measures the package it runs from; pack bundles the package as it is at pack time
@@ -249,12 +249,10 @@ def check_size(view: RunView, sub: Submission | None = None) -> list[Check]:
         checks.append(Check(FAIL, "size.total", who, "no code or model size on disk or in report.json"))
         return checks
     total = code + model
-    seed_claim = None
-    if sub is not None and view.seed is not None:
-        seed_claim = (sub.data.get("seed_results") or {}).get(str(view.seed), {}).get("artifact_bytes")
-    claims = {k: v for k, v in (("report artifact_bytes", rep.get("artifact_bytes")),
-                                ("submission bytes_total", sub_claims.get("bytes_total")),
-                                ("submission seed_results artifact_bytes", seed_claim)) if v is not None}
+    per_seed = _seed_result(sub, view.seed) if sub is not None else {}
+    claims = _claims(("report artifact_bytes", rep.get("artifact_bytes")),
+                     ("submission bytes_total", sub_claims.get("bytes_total")),
+                     ("submission seed_results artifact_bytes", per_seed.get("artifact_bytes")))
     wrong = [f"{k} {v:,}" if isinstance(v, int) else f"{k} {v!r}" for k, v in claims.items() if v != total]
     detail = f"code {code:,} + model {model:,} = {total:,} bytes, cap {cap:,} (headroom {cap - total:,})"
     if total > cap:
@@ -265,6 +263,17 @@ def check_size(view: RunView, sub: Submission | None = None) -> list[Check]:
         on_disk = "recomputed from disk" if code_disk is not None and model_disk is not None else "partly claimed"
         checks.append(Check(PASS, "size.total", who, f"{detail}; {on_disk}"))
     return checks
+
+
+def _claims(*pairs: tuple[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in pairs if v is not None}
+
+
+def _seed_result(sub: Submission, seed: int | None) -> dict:
+    """submission.json's seed_results entry for `seed` ({} when absent or malformed)."""
+    results = sub.data.get("seed_results")
+    per = results.get(str(seed)) if isinstance(results, dict) else None
+    return per if isinstance(per, dict) else {}
 
 
 def _bytes_check(name: str, who: str, disk: int | None, claims: dict, what: str) -> Check:
@@ -594,8 +603,7 @@ def _numbers_check(sub: Submission, views: list[RunView]) -> Check:
             continue
         bpbs.append(head[1])
         losses.append(_num(v.report.get(head[0].replace("bpb", "loss"))))
-        per = (data.get("seed_results") or {}).get(str(v.seed), {})
-        per_bpb = _num(per.get("val_bpb")) if isinstance(per, dict) else None
+        per_bpb = _num(_seed_result(sub, v.seed).get("val_bpb"))
         if per_bpb is not None and abs(per_bpb - head[1]) > BPB_TOL:
             wrong.append(f"seed_results[{v.seed}].val_bpb {per_bpb} != report {head[0]} {head[1]}")
     if views and len(bpbs) == len(views):
