@@ -233,6 +233,7 @@ def train(cfg: RunConfig, data_dir, run_dir, resume: bool = False, *,
                 run.checkpoint(run.loader.state())
         if step == stop_after_steps:
             run.log.event("stopped", step=step, reason="stop_after_steps")
+            run.log.close()
             return {"stopped_at_step": step, "losses": run.losses, "checkpoint": str(run.ckpt_path)}
         if run.stopped_by == "wallclock":
             run.log.event("wallclock_stop", step=step, elapsed_s=elapsed_s, budget_s=run.budget_s)

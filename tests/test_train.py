@@ -196,16 +196,19 @@ def test_wallclock_cap_stops_the_loop_and_calibration_still_runs(tiny_data, tmp_
     assert s["calibration_seconds"] > 0 and (tmp_path / "cap" / "calibration.pt").exists()
 
 
-def test_checkpoint_every_saves_periodically(tiny_data, tmp_path, monkeypatch):
+def test_periodic_checkpoints_and_validation(tiny_data, tmp_path, monkeypatch):
     import pgolf.checkpoint
 
     saved_steps = []
     real = pgolf.checkpoint.save_train_state
     monkeypatch.setattr(pgolf.checkpoint, "save_train_state",
                         lambda path, state: (saved_steps.append(state["step"]), real(path, state)))
-    cfg = load_preset("tiny", {"train.checkpoint_every": 2, "train.iterations": 5, "eval.val_docs_limit": 4})
+    cfg = load_preset("tiny", {"train.checkpoint_every": 2, "train.val_loss_every": 2, "train.iterations": 5,
+                               "eval.val_docs_limit": 4})
     train(cfg, tiny_data, tmp_path / "ckpt")
     assert saved_steps == [2, 4, 5]  # periodic, then the final one
+    vals = [(r["tag"], r["step"]) for r in read_jsonl(tmp_path / "ckpt" / "train.jsonl") if r["event"] == "val"]
+    assert vals == [("periodic", 2), ("periodic", 4), ("post_ema", 5), ("pre_ema", 5)]
 
 
 # --------------------------------------------------------------------------- failures
