@@ -10,6 +10,7 @@ Handlers live in the module that owns the concern and are imported lazily, so
     eval                          pgolf.evaluate
     run                           pgolf.pipeline
     significance                  pgolf.significance
+    audit                         pgolf.audit
 
 A `PgolfError` (bad input) prints one line `pgolf: error: ...` and exits 2,
 without a traceback; anything else is a bug and keeps its traceback.
