@@ -28,7 +28,7 @@ run: setup
 	$(VENV)/bin/pgolf run --out $(OUT) --overwrite
 
 test: setup
-	$(VPY) -m pytest -q tests
+	PGOLF_SLOW=1 $(VPY) -m pytest -q tests
 
 bench: setup
 	$(VPY) bench/train_throughput.py
