@@ -380,7 +380,8 @@ def cmd_eval(args) -> int:
     key = "prequant" if prequant else "roundtrip"
     fields.update({f"val_bpb_{key}": meter.bpb(), f"val_loss_{key}": meter.loss()})
 
-    if not ttt and not prequant and (run_dir / PREQUANT_NAME).exists():
+    # The pre-quant figure goes beside the roundtrip one in every report (outside any TTT timer).
+    if not prequant and (run_dir / PREQUANT_NAME).exists():
         fp_model, load_s = load_eval_model(run_dir, prequant=True, cfg=cfg)
         fp_meter, phases["eval_prequant_s"] = _timed_eval(fp_model, val, cfg)
         phases["eval_prequant_s"] += load_s
