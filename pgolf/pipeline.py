@@ -44,17 +44,20 @@ def _run_verb(argv: list[str]) -> None:
 
 
 def _prepare_data(args, run_dir: Path, vocab_size: int) -> Path:
-    """Prepare (rank 0) or reuse the data directory for this run."""
+    """Prepare (rank 0) or reuse, then check, the data directory for this run; `--data` is used as given."""
     if args.data:
         return Path(args.data)
     data_dir = run_dir.parent / f"{run_dir.name}-data"
     manifest = data_dir / "manifest.json"
     reuse = manifest.exists() and _same_source(json.loads(manifest.read_text()), args.source, vocab_size)
-    if is_main() and not reuse:
-        _run_verb(["data", "prepare", "--source", args.source, "--out", str(data_dir),
-                   "--vocab-size", str(vocab_size), "--overwrite"])
-    elif reuse:
-        print0(f"data: reusing {data_dir} (same source and vocabulary)")
+    if is_main():
+        if reuse:
+            print0(f"data: reusing {data_dir} (same source and vocabulary)")
+        else:
+            _run_verb(["data", "prepare", "--source", args.source, "--out", str(data_dir),
+                       "--vocab-size", str(vocab_size), "--overwrite"])
+        # Nothing is trained on a directory that fails its checks (overlap, sidecars, ids, hashes).
+        _run_verb(["data", "check", str(data_dir)])
     barrier()
     return data_dir
 
