@@ -1,0 +1,146 @@
+"""What `pgolf audit` reads: run directories and record folders, as plain views of their files.
+
+A `RunView` holds one run's report.json, config, JSONL logs and the paths of its
+artifact and packed code; a `Submission` is a record folder (submission.json,
+README.md) with the runs of its seeds. Reading never judges: a missing file is
+an empty field, and the checks in `pgolf.audit` decide what that means.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pgolf.config import RunConfig, flatten
+from pgolf.errors import DataError
+
+_DEFAULTS = flatten(RunConfig().to_dict())
+
+@dataclass
+class Check:
+    status: str
+    name: str
+    subject: str
+    detail: str
+
+
+@dataclass
+class RunView:
+    """One run's evidence: a run directory, or the run a record folder was packed from."""
+
+    path: Path
+    kind: str  # "run" | "record"
+    report: dict
+    config: dict
+    config_json: dict | None
+    train_events: list[dict]
+    eval_events: list[dict]
+    artifact: Path | None
+    code_file: Path | None
+
+    @property
+    def label(self) -> str:
+        return str(self.path)
+
+    @property
+    def seed(self) -> int | None:
+        s = cfg_get(self.config, "train.seed") if self.config else None  # no config: no default seed either
+        return int(s) if isinstance(s, (int, float)) else None
+
+    @property
+    def config_hash(self) -> str | None:
+        from pgolf.significance import config_hash
+
+        return config_hash(self.config) if self.config else None
+
+
+@dataclass
+class Submission:
+    path: Path
+    data: dict
+    readme: str | None
+    view: RunView | None
+    extra_views: list[RunView] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- reading
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    return data
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """The records of a RunLog file; a line cut off by a crash is skipped, not fatal."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return [r for r in out if isinstance(r, dict)]
+
+
+def cfg_get(config: dict, dotted: str) -> Any:
+    """A config field by dotted name; RunConfig's default where the dict lacks it (older runs)."""
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _DEFAULTS.get(dotted)
+        node = node[part]
+    return node
+
+
+def load_view(path: Path, kind: str) -> RunView:
+    """A run directory (kind "run") or a record folder's own run (kind "record")."""
+    from pgolf.quantize import ARTIFACT_NAME
+
+    report = _read_json(path / "report.json") if (path / "report.json").exists() else {}
+    config_json = _read_json(path / "config.json") if (path / "config.json").exists() else None
+    config = config_json if config_json is not None else report.get("config") or {}
+    artifact = path / ARTIFACT_NAME
+    if not artifact.exists() and kind == "record" and (path.parent / "report.json").exists():
+        artifact = path.parent / ARTIFACT_NAME  # pgolf run packs into RUN/record next to RUN's artifact
+    code = path / "train_gpt.py"
+    if not code.exists() and kind == "run":
+        code = path / "record" / "train_gpt.py"  # what `pgolf run` packed from this run
+    return RunView(path=path, kind=kind, report=report, config=config, config_json=config_json,
+                   train_events=_read_jsonl(path / "train.jsonl"), eval_events=_read_jsonl(path / "eval.jsonl"),
+                   artifact=artifact if artifact.exists() else None, code_file=code if code.exists() else None)
+
+
+def load_inputs(paths: list[str | Path]) -> tuple[list[RunView], list[Submission]]:
+    """Classify each path; a run directory's `record/` folder and a record's per-seed subfolders come along."""
+    runs: list[RunView] = []
+    subs: list[Submission] = []
+    for item in paths:
+        p = Path(item)
+        if not p.is_dir():
+            raise DataError(f"{p}: not a directory (give run directories or record folders)")
+        if (p / "submission.json").exists():
+            subs.append(_load_submission(p))
+        elif (p / "report.json").exists() or (p / "config.json").exists():
+            runs.append(load_view(p, "run"))
+            if (p / "record" / "submission.json").exists():
+                subs.append(_load_submission(p / "record"))
+        else:
+            raise DataError(f"{p}: neither a run directory (report.json) nor a record folder (submission.json)")
+    return runs, subs
+
+
+def _load_submission(path: Path) -> Submission:
+    readme = path / "README.md"
+    view = load_view(path, "record") if (path / "report.json").exists() or (path / "config.json").exists() else None
+    extra = [load_view(d, "run") for d in sorted(path.iterdir()) if d.is_dir() and (d / "report.json").exists()]
+    for v in extra:
+        if v.code_file is None and (path / "train_gpt.py").exists():
+            v.code_file = path / "train_gpt.py"  # one train_gpt.py serves every seed of the submission
+    return Submission(path=path, data=_read_json(path / "submission.json"),
+                      readme=readme.read_text(errors="replace") if readme.exists() else None, view=view,
+                      extra_views=extra)
