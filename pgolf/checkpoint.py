@@ -168,7 +168,7 @@ def save_model(path: str | os.PathLike, model: GPT) -> None:
         "model_config": dataclasses.asdict(model.cfg),
         "state_dict": {name: t.detach().cpu() for name, t in model.state_dict().items()},
     }
-    _atomic_save(payload, path)
+    atomic_save(payload, path)
 
 
 def load_model(path: str | os.PathLike, cfg: ModelConfig | RunConfig | None = None) -> GPT:
@@ -247,7 +247,7 @@ def _check_weights_only(obj: Any, where: str) -> None:
 def save_train_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """A resumable training state (tensors, numbers, strings, nested dicts/lists), written atomically."""
     _check_weights_only(state, "state")
-    _atomic_save({"format": TRAIN_STATE_FORMAT, "version": FORMAT_VERSION, "state": state}, path)
+    atomic_save({"format": TRAIN_STATE_FORMAT, "version": FORMAT_VERSION, "state": state}, path)
 
 
 def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
@@ -260,7 +260,7 @@ def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- file helpers
-def _atomic_save(obj: Any, path: str | os.PathLike) -> None:
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """Write to a sibling temp file, then rename, so a kill mid-write never leaves a torn file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -168,12 +168,11 @@ def sample_calibration_batches(files: list[Path], num_batches: int, seqs_per_bat
 def save_calibration(path: str | os.PathLike, hessians: dict[str, torch.Tensor], act_rms: dict[str, torch.Tensor],
                      seconds: float) -> None:
     """Write RUN/calibration.pt: plain tensors and numbers, loadable with weights_only=True (atomic rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": CALIBRATION_FORMAT, "version": CALIBRATION_VERSION, "seconds": float(seconds),
-                "hessians": {k: v.detach().cpu() for k, v in hessians.items()},
-                "act_rms": {k: v.detach().cpu() for k, v in act_rms.items()}}, tmp)
-    os.replace(tmp, path)
+    from pgolf.checkpoint import atomic_save
+
+    atomic_save({"format": CALIBRATION_FORMAT, "version": CALIBRATION_VERSION, "seconds": float(seconds),
+                 "hessians": {k: v.detach().cpu() for k, v in hessians.items()},
+                 "act_rms": {k: v.detach().cpu() for k, v in act_rms.items()}}, path)
 
 
 def load_calibration(path: str | os.PathLike) -> dict:
