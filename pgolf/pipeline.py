@@ -134,7 +134,26 @@ def cmd_run(args) -> int:
     if is_main():
         _plot(run_dir)
         print(summary_table(rep))
+        _audit(run_dir)
     return 0
+
+
+def _audit(run_dir: Path) -> None:
+    """The audit's verdict under the summary (FAIL/WARN lines only); `pgolf audit RUN` prints every check.
+
+    The packed train_gpt.py leaves the audit out, so there it is skipped.
+    """
+    try:
+        from pgolf.audit import FAIL, PASS, audit_paths
+    except ImportError:
+        return
+    checks = audit_paths([run_dir])
+    for c in checks:
+        if c.status != PASS:
+            print(f"audit {c.status} {c.name} {c.subject}: {c.detail}")
+    n_fail = sum(c.status == FAIL for c in checks)
+    print(f"audit: {len(checks)} checks, {sum(c.status == PASS for c in checks)} pass, {n_fail} fail "
+          f"(`pgolf audit {run_dir}` for the table)")
 
 
 def _plot(run_dir: Path) -> None:
