@@ -404,6 +404,7 @@ class _Run:
     def finish(self) -> dict[str, Any]:
         """EMA, Hessians inside the reserve, files, pre/post-EMA validation, report."""
         from pgolf.checkpoint import save_model
+        from pgolf.quant.calibrate import save_calibration
         from pgolf.report import update_report
 
         cfg, tc, model = self.cfg, self.cfg.train, self.model
@@ -420,7 +421,7 @@ class _Run:
                        train_s=train_s, total_s=total_s,
                        within_wallclock=tc.max_wallclock_seconds <= 0 or total_s <= tc.max_wallclock_seconds)
         if is_main():
-            torch.save(calib, self.run_dir / "calibration.pt")
+            save_calibration(self.run_dir / "calibration.pt", calib["hessians"], calib["act_rms"], calib["seconds"])
             save_model(self.run_dir / "final_model.pt", model)
         self.clock = _Clock(self.dev, train_s)  # the checkpoint records the loop's time, not the calibration
         self.checkpoint(self.loader.state(), weights=raw_weights)

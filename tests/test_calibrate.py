@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 from collections import Counter, defaultdict
 
-import numpy as np
 import pytest
 import torch
 
 from pgolf.errors import DataError
 from pgolf.model import GPT, looped_order
-from pgolf.quant.calibrate import (HessianAccumulator, collect_hessians, load_calibration, sample_calibration_batches,
+from pgolf.quant.calibrate import (HessianAccumulator, collect_hessians, load_calibration,
                                    save_calibration)
 
 
@@ -148,41 +147,6 @@ def test_accumulator_counts_rows_and_calls():
 
 
 # --------------------------------------------------------------------------- training windows and the file
-def write_shards(tmp_path, lengths):
-    from pgolf.shards import write_shard
-
-    paths = []
-    offset = 0
-    for k, n in enumerate(lengths):
-        p = tmp_path / f"fineweb_train_{k:06d}.bin"
-        write_shard(p, (np.arange(offset, offset + n) % 60000).astype(np.uint16))
-        offset += n
-        paths.append(p)
-    return paths
-
-
-def test_calibration_windows_are_whole_distinct_windows(tmp_path):
-    paths = write_shards(tmp_path, [1000, 700])
-    batches = list(sample_calibration_batches(paths, num_batches=3, seqs_per_batch=4, seq_len=50))
-    assert len(batches) == 3 and all(b.shape == (4, 50) and b.dtype == torch.long for b in batches)
-    rows = torch.cat(batches)
-    # shards hold consecutive integers, so a window is contiguous iff it steps by one
-    assert bool((rows[:, 1:] - rows[:, :-1] == 1).all())
-    assert len({int(r[0]) for r in rows}) == 12  # drawn without replacement
-    again = torch.cat(list(sample_calibration_batches(paths, 3, 4, 50)))
-    assert torch.equal(rows, again)  # seeded by rank
-    other = torch.cat(list(sample_calibration_batches(paths, 3, 4, 50, rank=1, world_size=2)))
-    assert bool((other >= 1000).all())  # rank 1 reads only its stride of the shards
-
-
-def test_calibration_windows_recut_when_exhausted(tmp_path):
-    paths = write_shards(tmp_path, [130])
-    rows = torch.cat(list(sample_calibration_batches(paths, num_batches=5, seqs_per_batch=2, seq_len=40)))
-    assert rows.shape == (10, 40) and bool((rows[:, 1:] - rows[:, :-1] == 1).all())
-    with pytest.raises(DataError, match="shorter than a 200-token window"):
-        next(sample_calibration_batches(paths, 1, 1, 200))
-
-
 def test_calibration_file_roundtrip_and_refusals(tmp_path):
     H = {"a.weight": torch.eye(3)}
     rms = {"a.weight": torch.ones(3)}

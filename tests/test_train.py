@@ -119,8 +119,9 @@ def test_run_directory_holds_every_result(golden_run, tiny_data):
     assert 0 < rep["val_bpb"] < 10 and rep["tokens_per_second"] > 0
     model = load_model(golden_run / "final_model.pt")
     assert sum(p.numel() for p in model.parameters()) == rep["model_params"]
-    calib = torch.load(golden_run / "calibration.pt", weights_only=True)
-    assert set(calib) == {"hessians", "act_rms", "seconds"}
+    calib = torch.load(golden_run / "calibration.pt", weights_only=True)  # plain tensors: no code unpickled
+    assert set(calib) == {"format", "version", "hessians", "act_rms", "seconds"}
+    assert calib["format"] == "pgolf-calibration" and calib["seconds"] > 0
     h = calib["hessians"]["blocks.0.attn.c_q.weight"]
     assert h.shape == (64, 64) and torch.allclose(h, h.T)
     state = load_train_state(golden_run / "checkpoint.pt")

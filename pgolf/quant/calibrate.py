@@ -14,11 +14,10 @@ Hessians are Σ XᵀX over all tokens divided by the number of batches (the
 record's normalisation); act_rms_j = sqrt(Σ x_j² / rows). Everything is
 returned on the CPU in fp32. This runs inside the training wallclock budget
 (the GPTQ reserve): the training loop calls `collect_hessians` on batches from
-`sample_calibration_batches` (random whole windows of the training shards, as
+`pgolf.loader.CalibrationSampler` (random whole windows of the training shards, as
 the record's shuffled loader draws them) and writes `calibration.pt` with
 `save_calibration`; `pgolf quantize` reads it back with `load_calibration`.
 
-    sample_calibration_batches(files, num_batches, seqs_per_batch, seq_len, rank, world_size)
     collect_hessians(model, batches) -> (hessians, act_rms)
     save_calibration(path, hessians, act_rms, seconds) / load_calibration(path)
 """
@@ -28,13 +27,11 @@ from __future__ import annotations
 import os
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
-import numpy as np
 import torch
 
 from pgolf.errors import DataError
-from pgolf.shards import read_shard
 
 CALIBRATION_FORMAT = "pgolf-calibration"
 CALIBRATION_VERSION = 1
@@ -119,50 +116,6 @@ def collect_hessians(model: torch.nn.Module, batches: Iterable[torch.Tensor],
             model.set_looping(was_looping)
         model.train(was_training)
     return acc.result(num_batches)
-
-
-def sample_calibration_batches(files: list[Path], num_batches: int, seqs_per_batch: int, seq_len: int,
-                               rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
-    """Yield `num_batches` LongTensors [seqs_per_batch, seq_len] of training windows (CPU).
-
-    Each rank reads its own stride of the shards (all of them when there are
-    fewer shards than ranks) with a generator seeded by its rank. Every shard
-    is cut into non-overlapping windows at a random phase, the windows are
-    drawn without replacement in random order, and the shard of each draw is
-    picked in proportion to the windows it has left; when all are used up the
-    shards are re-cut at new phases.
-    """
-    assert num_batches >= 0 and seqs_per_batch > 0 and seq_len > 0
-    mine = list(files)[rank::world_size] or list(files)
-    if not mine:
-        raise DataError("calibration: no training shards to draw calibration windows from")
-    rng = np.random.Generator(np.random.PCG64(rank))
-    tokens = [read_shard(f) for f in mine]
-    if all(len(t) < seq_len for t in tokens):
-        raise DataError(f"calibration: every training shard is shorter than a {seq_len}-token window")
-    starts: list[list[int]] = [[] for _ in mine]
-
-    def recut(i: int) -> None:
-        n = len(tokens[i])
-        max_phase = min(seq_len - 1, max(0, n - seq_len))
-        phase = int(rng.integers(max_phase + 1))
-        num_windows = max(0, (n - phase) // seq_len)
-        starts[i] = (phase + rng.permutation(num_windows) * seq_len).tolist()
-
-    for i in range(len(mine)):
-        recut(i)
-    for _ in range(num_batches):
-        batch = np.empty((seqs_per_batch, seq_len), dtype=np.int64)
-        for b in range(seqs_per_batch):
-            left = np.array([len(s) for s in starts], dtype=np.float64)
-            if left.sum() == 0:
-                for i in range(len(mine)):
-                    recut(i)
-                left = np.array([len(s) for s in starts], dtype=np.float64)
-            i = int(rng.choice(len(mine), p=left / left.sum()))
-            start = starts[i].pop()
-            batch[b] = tokens[i][start:start + seq_len]
-        yield torch.from_numpy(batch)
 
 
 def save_calibration(path: str | os.PathLike, hessians: dict[str, torch.Tensor], act_rms: dict[str, torch.Tensor],
