@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import codecs
+import functools
+import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
+import tokenize
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pgolf import pack
 from pgolf.config import load_preset
@@ -31,7 +38,7 @@ def tiny_json() -> str:
 def packed(tmp_path_factory, tiny_json) -> Path:
     """train_gpt.py built from the package with the tiny config, alone in an empty folder."""
     d = tmp_path_factory.mktemp("record")
-    (d / "train_gpt.py").write_text(pack.build_train_gpt(tiny_json))
+    (d / "train_gpt.py").write_bytes(pack.file_bytes(pack.build_train_gpt(tiny_json)))
     return d / "train_gpt.py"
 
 
@@ -56,39 +63,119 @@ def _run(py: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([py, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=120)
 
 
-def test_train_gpt_is_a_two_line_shim_that_compiles(packed, tiny_json):
-    code = packed.read_text()
-    lines = code.split("\n")  # not splitlines(): the text legitimately holds \x0b, \x0c, \x1c-\x1e
-    assert len(lines) == 3 and lines[2] == "" and lines[0] in pack._SHIM_IMPORT.values()
-    assert code.isascii() and "\x00" not in code and "\r" not in code
-    compile(code, "train_gpt.py", "exec")
+def _literal_span(data: bytes) -> tuple[int, int]:
+    """Start and end of the text literal's body in a packed file."""
+    start = data.index(b"d='''") + 5
+    return start, data.index(b"'''", start)
+
+
+def test_train_gpt_is_a_latin1_shim_that_compiles(packed, tiny_json):
+    data = packed.read_bytes()
+    first, second = data.split(b"\n", 2)[:2]
+    assert first == b"#coding:l1" and second.split(b";")[0].decode() in pack._SHIM_IMPORT.values()
+    with open(packed, "rb") as f:
+        assert codecs.lookup(tokenize.detect_encoding(f.readline)[0]).name == "iso8859-1"  # latin-1, as CPython reads it
+    start, end = _literal_span(data)
+    assert set(data[start:end]) <= set(pack._ALPHABET) and b"\x00" not in data and b"\r" not in data
+    # Only the literal is non-ASCII: the code around it reads the same under any ASCII-compatible decoding.
+    assert (data[:start] + data[end:]).isascii()
+    assert data[end:].startswith(b"'''.encode(\"l1\");exec(B.decompress(b\"\".join(")
+    stream_bytes = int(data.rsplit(b"[:", 1)[1].split(b"]")[0])
+    full, rest = divmod(stream_bytes, 351)
+    assert end - start == full * 352 + pack._group_chars(rest)  # base 252: 1.0028 characters per byte
+    code = pack.build_train_gpt(tiny_json)
+    assert pack.file_bytes(code) == data and code == data.decode("latin-1")
+    compile(data, "train_gpt.py", "exec")  # as bytes: the cookie is honoured
     raw, counted = pack.packed_code_bytes(tiny_json)
-    assert counted == len(code.encode()) == os.path.getsize(packed)
+    assert counted == len(data) == os.path.getsize(packed)
     assert raw > 5 * counted  # minify + compress really shrinks the package
 
 
-# The counted budget of train_gpt.py. Built with the tiny config it was 58,676 bytes when this bound was set
-# (84,546 before: every module, docstrings kept out but locals unrenamed, base85); 60,000 leaves ~2% for the
-# package to grow (~5 KB of new source at the ~0.17 counted bytes per raw byte measured) before this test asks
-# whether the new code belongs in the packed file. The seed's wrapper was 39,907 bytes with 13,176 of headroom.
-PACKED_BUDGET_BYTES = 60_000
+# The counted budget of train_gpt.py. Built with the tiny config it was 51,235 bytes when this bound was set
+# (59,051 with the ASCII base-123 text before; 84,546 before that: every module, locals unrenamed, base85);
+# 52,000 leaves ~1.5% for the package to grow (~4.5 KB of new source at the ~0.17 counted bytes per raw byte
+# measured) before this test asks whether the new code belongs in the packed file, and stays under the 53,000
+# that fits the seed's model (15,946,917 bytes) under the cap. The seed's wrapper was 39,907 bytes.
+PACKED_BUDGET_BYTES = 52_000
 
 
 def test_packed_file_stays_under_budget(packed):
     assert os.path.getsize(packed) <= PACKED_BUDGET_BYTES, pack.packed_size_table()
 
 
-def test_text_literal_roundtrips_every_byte():
-    for data in (b"", b"\x00", bytes(range(256)) * 3, b"\xff" * 26, os.urandom(1000), b"\x00" * 14):
+def test_digit_expression_is_the_rank_in_the_alphabet():
+    assert len(pack._ALPHABET) == 252 and not set(b"\x00\r'\\") & set(pack._ALPHABET)
+    assert [eval(pack._DIGIT_EXPR, {"c": c}) for c in pack._ALPHABET] == list(range(252))
+    assert 252 ** 352 >= 256 ** 351 > 252 ** 351  # 352 characters hold 351 bytes, 351 would not
+
+
+# Payloads that stress the encoder's groups and, before base 252, the escapes: every byte value, runs of the
+# bytes a literal cannot hold raw, trailing backslashes and quotes, CRLF, group edges (350/351/352 bytes),
+# all-zero and all-0xff groups (the smallest and largest group values), and random data.
+_TRICKY_PAYLOADS = [
+    b"", b"\x00", b"\xff", bytes(range(256)), bytes(range(255, -1, -1)) * 3, b"\\", b"abc\\", b"\\" * 351,
+    b"'", b"'''", b"'" * 700, b'"""', b"\r\n" * 200, b"\r", b"\n\r", b"\x00" * 351, b"\x00" * 352,
+    b"\xff" * 350, b"\xff" * 351, b"\xff" * 352, b"\xff" * 702, b"\x85\x0b\x0c\x1c\x1d\x1e\x1a\xa0" * 50,
+    b"# -*- coding: utf-8 -*-\n", bytes(range(256)) * 9 + b"\\", os.urandom(5000), os.urandom(351 * 4 + 17),
+]
+
+
+def _literal_probe(payloads: list[bytes]) -> bytes:
+    """A latin-1 source file that decodes each payload exactly as the shim does and prints it in hex."""
+    lines = [pack._COOKIE.encode(), b"import sys\n"]
+    for data in payloads:
+        lit = pack.file_bytes(pack.to_text_literal(data))
+        lines.append(b"d=" + lit + b'.encode("l1");sys.stdout.write(' + pack.text_literal_decoder("d", len(data)).encode()
+                     + b'.hex()+"\\n")\n')
+    return b"".join(lines)
+
+
+def test_text_literal_roundtrips_tricky_payloads():
+    for data in _TRICKY_PAYLOADS:
         lit = pack.to_text_literal(data)
-        body = lit[2:-1].encode()
-        assert lit.startswith('b"') and lit.endswith('"') and set(body) <= set(pack._ALPHABET)
-        assert len(body) == -(-len(data) // 13) * 15  # 15 characters per 13 bytes, no escapes
-        d = eval(lit)  # the literal reads back as exactly its characters
-        assert d == body
-        assert eval(pack.text_literal_decoder("d", len(data)), {"d": d}) == data
-    # the shim's digit expression is the rank in the alphabet
-    assert [eval(pack._DIGIT_EXPR, {"c": c}) for c in pack._ALPHABET] == list(range(123))
+        body = pack.file_bytes(lit)[3:-3]
+        assert lit.startswith("'''") and lit.endswith("'''") and set(body) <= set(pack._ALPHABET)
+        full, rest = divmod(len(data), 351)
+        assert len(body) == full * 352 + pack._group_chars(rest)  # no padding, one extra character a group
+        assert eval(compile(pack._COOKIE.encode() + pack.file_bytes(lit), "t", "eval")) == lit[3:-3]  # read back as is
+        assert eval(pack.text_literal_decoder("d", len(data)), {"d": body}) == data
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=1500))
+def test_text_literal_roundtrips_any_bytes(data):
+    src = pack._COOKIE.encode() + b"d=" + pack.file_bytes(pack.to_text_literal(data)) + b'.encode("l1")\n'
+    scope: dict = {}
+    exec(compile(src, "t.py", "exec"), scope)
+    assert eval(pack.text_literal_decoder("d", len(data)), scope) == data
+
+
+@functools.lru_cache(maxsize=None)
+def _interpreters() -> dict[tuple[int, int], str]:
+    """CPython 3.10-3.13 found on this machine (this one, PATH, pyenv), by version; broken shims are dropped."""
+    found: dict[tuple[int, int], str] = {sys.version_info[:2]: sys.executable}
+    candidates = [shutil.which(f"python3.{m}") for m in range(10, 14)]
+    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.1[0-3].*/bin/python3")))
+    for exe in filter(None, candidates):
+        r = subprocess.run([exe, "-c", "import sys; print(*sys.version_info[:2])"], capture_output=True, text=True)
+        if r.returncode == 0:
+            found.setdefault(tuple(int(v) for v in r.stdout.split()), exe)
+    return found
+
+
+@pytest.mark.parametrize("minor", [10, 11, 12, 13])
+def test_text_literal_reads_back_on_every_supported_python(minor, tmp_path):
+    """The tokenizer of each CPython reads the latin-1 literal bit-exactly, from a file and from bytes."""
+    exe = _interpreters().get((3, minor))
+    if exe is None:
+        pytest.skip(f"no python3.{minor} on this machine")
+    payloads = _TRICKY_PAYLOADS + [bytes([b]) * n for b in (0, 10, 13, 39, 92, 255) for n in (1, 2, 3, 351)]
+    (tmp_path / "probe.py").write_bytes(_literal_probe(payloads))
+    want = "".join(d.hex() + "\n" for d in payloads)
+    for argv in (["probe.py"], ["-c", "exec(compile(open('probe.py','rb').read(),'probe.py','exec'))"]):
+        r = _run(exe, argv, tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.stdout == want
 
 
 def _pgolf_imports(source: str) -> set[str]:
@@ -136,7 +223,7 @@ def test_packed_size_table_adds_up(tiny_json, packed):
 
 
 def test_build_is_deterministic(tiny_json, packed):
-    assert pack.build_train_gpt(tiny_json) == packed.read_text()
+    assert pack.file_bytes(pack.build_train_gpt(tiny_json)) == packed.read_bytes()
 
 
 def test_bare_python_cannot_import_pgolf(bare_python, tmp_path):
@@ -181,7 +268,7 @@ def test_packed_cli_parses_run_defaults(bare_python, packed):
     ([], "data prepare"),  # the default `run` without ./data would prepare the embedded corpus
 ])
 def test_left_out_verb_is_one_line(bare_python, packed, tmp_path, argv, verb):
-    (tmp_path / "train_gpt.py").write_text(packed.read_text())
+    (tmp_path / "train_gpt.py").write_bytes(packed.read_bytes())
     r = _run(bare_python, ["train_gpt.py", *argv], tmp_path)
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr == f"pgolf: error: '{verb}' is not part of the packed submission; use the pgolf package\n"
@@ -216,7 +303,7 @@ def test_size_agrees_with_disk(run_dir, tiny_json, capsys):
     model = os.path.getsize(run_dir / ARTIFACT_NAME)
     assert b["model_bytes"] == model
     assert b["model_bytes"] == sum(b["streams"].values()) + b["container_overhead_bytes"]
-    assert b["code_bytes"] == len(pack.build_train_gpt(tiny_json).encode())
+    assert b["code_bytes"] == len(pack.file_bytes(pack.build_train_gpt(tiny_json)))
     assert b["artifact_bytes"] == b["code_bytes"] + model
     assert b["headroom_bytes"] == 16_000_000 - b["artifact_bytes"]
     assert f"{model:,}" in out and f"{b['artifact_bytes']:,}" in out and "stream group:tok_emb.q" in out
@@ -286,7 +373,7 @@ def test_packed_file_reproduces_the_package(bare_python, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     rec = tmp_path / "record"
     rec.mkdir()
-    (rec / "train_gpt.py").write_text(pack.build_train_gpt(cfg.to_json()))
+    (rec / "train_gpt.py").write_bytes(pack.file_bytes(pack.build_train_gpt(cfg.to_json())))
     # The packed file carries no data preparation: it trains on the package's prepared data dir.
     r = subprocess.run([bare_python, "train_gpt.py", "--data", str(pkg / "run-data")], cwd=rec, env=env,
                        capture_output=True, text=True, timeout=600)
