@@ -601,12 +601,15 @@ def cmd_train(args) -> int:
     prepare_run_dir(run_dir, args.resume, args.overwrite)
     try:
         s = train(cfg, args.data, run_dir, resume=args.resume)
+        cap_s = cfg.train.max_wallclock_seconds
+        end_s = s["train_seconds"] + s["calibration_seconds"]
+        where = ("inside" if end_s <= cap_s else f"OUTSIDE (ends at {end_s:.1f} s)") if cap_s > 0 else "without"
         print0(
             f"\ntrained {cfg.preset}: {s['steps']} steps in {s['train_seconds']:.1f} s "
             f"({s['tokens_per_second']:,.0f} tokens/s), {s['model_params']:,} parameters\n"
             f"  val bpb {s['val_bpb']:.4f} (EMA)   {s['val_bpb_pre_ema']:.4f} (raw weights)   "
             f"last train loss {s['final_train_loss']:.4f}\n"
-            f"  calibration {s['calibration_seconds']:.1f} s inside the budget; wrote {run_dir}/final_model.pt, "
+            f"  calibration {s['calibration_seconds']:.1f} s {where} the wallclock cap; wrote {run_dir}/final_model.pt, "
             f"calibration.pt, checkpoint.pt, report.json")
     finally:
         cleanup()  # after the last print0: it would start a new process group
