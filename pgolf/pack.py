@@ -43,10 +43,18 @@ import json
 import os
 from pathlib import Path
 
-from pgolf.errors import ArtifactError
+from pgolf.errors import ArtifactError, PgolfError
 
 RECORD_CODE_NAME = "train_gpt.py"
 LOG_SUFFIXES = (".jsonl", ".log", ".txt", ".png")
+
+
+class LeftOutError(PgolfError, ImportError):
+    """A packed file asked for a module it leaves out.
+
+    A PgolfError, so a verb that needs the module fails in one line; an ImportError, so code that treats the
+    module as optional (`except ImportError`, like the pipeline's audit) carries on without it.
+    """
 
 
 def left_out_message(verb: str) -> str:
@@ -211,7 +219,7 @@ class _R:
 class _F(A.MetaPathFinder,A.Loader):
  def find_spec(s,n,p=None,t=None):
   if n in M:return H.ModuleSpec(n,s,origin=P+"/"+n.replace(".","/")+".py",is_package=n in K)
-  if n in X:from pgolf.errors import PgolfError as E;from pgolf.pack import left_out_message as L;raise E(L(X[n]))
+  if n in X:from pgolf.pack import LeftOutError as E,left_out_message as L;raise E(L(X[n]),name=n)
   if n[:6]=="pgolf.":raise ModuleNotFoundError(n,name=n)
  def create_module(s,spec):return None
  def exec_module(s,m):

@@ -244,13 +244,17 @@ def test_packed_file_is_self_contained(bare_python, packed):
         "print(pgolf.config.load_preset('tiny').model.num_layers, ','.join(sorted(g['M'])))\n"
         "print(*pgolf.pack.packed_code_bytes())\n"
         "try:\n    import pgolf.plots\nexcept ModuleNotFoundError as e:\n    print('absent', e.name)\n"
+        "from pgolf.errors import PgolfError\n"
+        "try:\n    import pgolf.audit\nexcept ImportError as e:\n    print(isinstance(e, PgolfError), e.name, e)\n"
     )
     r = _run(bare_python, ["-c", probe], packed.parent)
     assert r.returncode == 0, r.stderr[-2000:]
-    first, second, third = r.stdout.split("\n")[:3]
+    first, second, third, fourth = r.stdout.split("\n")[:4]
     assert first.split()[0] == "4" and first.split()[1].split(",") == sorted(pack.PACKED_MODULES)
     assert int(second.split()[1]) == os.path.getsize(packed)
     assert third == "absent pgolf.plots"
+    # a left-out verb's module: one user-error line for the CLI, and an ImportError for optional imports
+    assert fourth == f"True pgolf.audit {pack.left_out_message('audit')}"
 
 
 def test_packed_cli_parses_run_defaults(bare_python, packed):
