@@ -36,7 +36,7 @@ from typing import Any
 
 from pgolf.config import flatten
 from pgolf.audit_inputs import Check, RunView, Submission, cfg_get, load_inputs
-from pgolf.pack import final_result as headline
+from pgolf.record import final_result as headline
 
 CHALLENGE_CAP_BYTES = 16_000_000
 CHALLENGE_TRAIN_S = 600.0

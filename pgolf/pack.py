@@ -1,4 +1,4 @@
-"""The submission: one self-contained `train_gpt.py`, its counted size, and the record folder.
+"""The submission's code: one self-contained `train_gpt.py` and its counted size (`pgolf size`).
 
 The challenge counts the bytes of `train_gpt.py` plus the compressed model
 against 16,000,000 (decimal), and the seed had only ~13 KB of headroom, so the
@@ -30,8 +30,8 @@ bundle and only from it (ahead of any installed pgolf, so the file never depends
 config (embedded) on `./data`, and never packs again (`--no-pack`); any
 arguments are appended (e.g. `--data DIR --seed 1`), or replace the verb when
 they start with one. Everything below the build-side marker of this file
-(bundling, size table, record folder) is itself left out of the bundle: a packed
-file cannot pack.
+(bundling, size table) is itself left out of the bundle, and so is the record
+folder (`pgolf.record`): a packed file cannot pack.
 
 The counted code size is the wrapper file's length in bytes, as the records
 measure it (`_compressed_code_size`); `packed_size_table()` splits it by module.
@@ -78,7 +78,7 @@ def packed_code_bytes(config_json: str | None = None) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- size accounting
-def _run_files(run_dir: str | Path):
+def run_files(run_dir: str | Path):
     """(run dir, RunConfig, config.json text, artifact path) with clear errors for missing pieces."""
     from pgolf.config import RunConfig
     from pgolf.quantize import ARTIFACT_NAME
@@ -99,7 +99,7 @@ def size_breakdown(run_dir: str | Path) -> dict:
     """Code (raw / packed), every artifact stream, model bytes, total and headroom against the cap."""
     from pgolf.quant.artifact import read_header
 
-    run, cfg, cfg_text, art = _run_files(run_dir)
+    run, cfg, cfg_text, art = run_files(run_dir)
     header = read_header(art)
     code_raw, code_bytes = packed_code_bytes(cfg_text)
     model_bytes = os.path.getsize(art)
@@ -129,7 +129,7 @@ def format_breakdown(b: dict) -> str:
     return "\n".join(f"{k:<{width}}  {v:>12,d}" for k, v in rows)
 
 
-def _over_cap_message(b: dict, where: str) -> str:
+def over_cap_message(b: dict, where: str) -> str:
     return (f"{where}: over the size cap: code {b['code_bytes']:,} + model {b['model_bytes']:,} = "
             f"{b['artifact_bytes']:,} bytes > quant.size_cap_bytes {b['size_cap_bytes']:,} "
             f"(by {-b['headroom_bytes']:,})")
@@ -139,13 +139,15 @@ def cmd_size(args) -> int:
     b = size_breakdown(args.run_dir)
     print(format_breakdown(b))
     if b["headroom_bytes"] < 0:
-        raise ArtifactError(_over_cap_message(b, str(args.run_dir)))
+        raise ArtifactError(over_cap_message(b, str(args.run_dir)))
     return 0
 
 
 def cmd_pack(args) -> int:
     if _bundle_origin() is not None:
         raise ArtifactError(left_out_message("pack"))
+    from pgolf.record import pack_record
+
     sizes = pack_record(args.run_dir, args.out)
     print(format_breakdown(sizes))
     print(f"record folder: {args.out} ({RECORD_CODE_NAME} {sizes['code_bytes']:,} bytes, "
@@ -155,13 +157,9 @@ def cmd_pack(args) -> int:
 
 # ======================================================================== build side
 # Nothing from here on is bundled (see `_bundled_pack_source`): it needs the package's files and python-minifier.
-import datetime as _dt  # noqa: E402
 import functools  # noqa: E402
-import importlib.metadata  # noqa: E402
 import lzma  # noqa: E402
 import re  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
 
 import brotli  # noqa: E402
 import zstandard  # noqa: E402
@@ -181,7 +179,7 @@ PACKED_MODULES = (
     "pgolf.ttt.global_sgd", "pgolf.ttt.lora", "pgolf.ttt.score_first",
 )
 # Left-out modules a bundled one imports outside any verb handler: `run` without --data reaches the corpus.
-_LEFT_OUT_REACHED_BY = {"pgolf.corpus": "data prepare"}
+_LEFT_OUT_REACHED_BY = {"pgolf.corpus": "data prepare", "pgolf.record": "pack"}
 _BUILD_SIDE_MARKER = "\n# " + "=" * 72 + " build side\n"
 
 # python-minifier settings that keep behaviour (the PGOLF_SLOW reproduction test holds them to it): locals are
@@ -496,163 +494,3 @@ def packed_size_table(config_json: str | None = None, rows: list | None = None) 
     out = sorted(set(modules) - set(PACKED_MODULES))
     lines.append("left out: " + ", ".join(f"{n} ({len(modules[n].encode()):,})" for n in out))
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- record folder
-_FINAL_BPB_KEYS = ("val_bpb_ttt_ensemble", "val_bpb_ttt", "val_bpb_roundtrip")
-
-
-def final_result(report: dict) -> tuple[str, float] | None:
-    """The headline (key, bpb): the last legal stage the run reached (a non-compliant ensemble is skipped)."""
-    for key in _FINAL_BPB_KEYS:
-        if key == "val_bpb_ttt_ensemble" and report.get("peer_compliant") is False:
-            continue
-        if isinstance(report.get(key), (int, float)):
-            return key, float(report[key])
-    return None
-
-
-def _author() -> str:
-    try:
-        out = subprocess.run(["git", "config", "user.name"], capture_output=True, text=True, timeout=5)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    import getpass
-
-    return getpass.getuser()
-
-
-def _describe(cfg) -> str:
-    m, q, t = cfg.model, cfg.quant, cfg.ttt
-    parts = [f"{m.num_layers}L {m.model_dim}d {m.num_heads}H/{m.num_kv_heads}KV, vocab {m.vocab_size}"]
-    if m.num_loops:
-        parts.append(f"layers {m.loop_start}-{m.loop_end} looped x{m.num_loops + 1}")
-    parts.append(f"GPTQ int{q.matrix_bits} (embed int{q.embed_bits})")
-    if q.lqer_enabled:
-        parts.append(f"LQER rank {q.lqer_rank} top-{q.lqer_top_k}")
-    if q.awq_enabled:
-        parts.append("AWQ-lite")
-    parts.append(f"{q.compressor} compression")
-    if t.enabled:
-        parts.append(f"score-first LoRA TTT r{t.lora_rank}" + (f", peer ensemble ({t.peer_mode}, k={t.peer_k})"
-                                                              if t.peer_mode != "off" and t.peer_k > 1 else ""))
-    return ", ".join(parts)
-
-
-def build_submission(report: dict, cfg, sizes: dict) -> dict:
-    """submission.json as the challenge's records lay it out, every value taken from the run."""
-    import pgolf
-
-    final = final_result(report)
-    seed = cfg.train.seed
-    track = ("10min_16mb" if cfg.quant.size_cap_bytes == 16_000_000 and cfg.train.max_wallclock_seconds == 600
-             else "non_record")
-    sub: dict = {
-        "author": report.get("author") or _author(),
-        "github_id": report.get("github_id"),
-        "name": f"pgolf {cfg.preset}: {_describe(cfg)}",
-        "blurb": (f"Generated by pgolf {pgolf.__version__} from run report; {_describe(cfg)}. "
-                  f"Headline metric: {final[0] if final else 'none'}."),
-        "date": report.get("date") or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
-        "track": track,
-    }
-    if final is not None:
-        loss_key = final[0].replace("bpb", "loss")
-        if isinstance(report.get(loss_key), (int, float)):
-            sub["val_loss"] = report[loss_key]
-        sub["val_bpb"] = final[1]
-    sub.update(bytes_total=sizes["artifact_bytes"], bytes_code=sizes["code_bytes"], bytes_model=sizes["model_bytes"])
-    sub["seeds"] = [seed]
-    # As in the records: val_bpb / val_loss are the headline; the stage figures follow.
-    per_seed = {k: sub[k] for k in ("val_loss", "val_bpb") if k in sub}
-    per_seed.update({k: report[k] for k in ("val_bpb_prequant", "val_bpb_roundtrip", "val_bpb_ttt",
-                                            "val_bpb_ttt_ensemble", "steps", "train_seconds", "quant_seconds",
-                                            "eval_seconds") if k in report})
-    if "val_bpb_prequant" not in per_seed and isinstance(report.get("val_bpb"), (int, float)):
-        per_seed["val_bpb_prequant"] = report["val_bpb"]  # train's own key for the EMA model
-    per_seed["artifact_bytes"] = sizes["artifact_bytes"]
-    sub["seed_results"] = {str(seed): per_seed}
-    for k in ("val_bpb_prequant", "val_bpb_roundtrip", "peer_mode", "peer_compliant", "hardware", "device",
-              "torch_version"):
-        if k in report:
-            sub[k] = report[k]
-    sub["pgolf_version"] = pgolf.__version__
-    return {k: v for k, v in sub.items() if v is not None}
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.5f}"
-    if isinstance(v, int) and not isinstance(v, bool):
-        return f"{v:,d}"
-    return str(v)
-
-
-def build_readme(sub: dict, sizes: dict, cfg, logs: list[str]) -> str:
-    """README.md for the record folder: what ran, what it scored, what it weighs, how to rerun it."""
-    lines = [f"# {sub['name']}", "", sub["blurb"], "", "## Results (seed " + str(sub["seeds"][0]) + ")", "",
-             "| metric | value |", "|---|---|"]
-    for k, v in sub["seed_results"][str(sub["seeds"][0])].items():
-        lines.append(f"| {k} | {_fmt(v)} |")
-    lines += ["", "## Size (bytes, decimal cap)", "", "| part | bytes |", "|---|---|",
-              f"| train_gpt.py (packed; raw source {sizes['code_raw_bytes']:,}) | {sizes['code_bytes']:,} |"]
-    lines += [f"| model stream `{n}` ({sizes['coders'][n]}) | {v:,} |" for n, v in sizes["streams"].items()]
-    lines += [f"| container overhead | {sizes['container_overhead_bytes']:,} |",
-              f"| **total** | **{sizes['artifact_bytes']:,}** |",
-              f"| cap / headroom | {sizes['size_cap_bytes']:,} / {sizes['headroom_bytes']:,} |", ""]
-    if sub.get("peer_compliant") is False:
-        lines += ["**Note:** the peer ensemble ran in `seed` mode, which is not compliant; the headline "
-                  "metric above excludes it.", ""]
-    lines += ["## Reproduce", "",
-              "Needs only the third-party packages in `requirements.txt` (not pgolf). From this folder:", "",
-              "    pip install -r requirements.txt",
-              "    python train_gpt.py                 # config.json's settings on ./data",
-              "    python train_gpt.py --data DIR      # challenge shards (data/ layout of pgolf)", "",
-              "The data directory must already be prepared (`pgolf data download` or `pgolf data prepare`: data "
-              "preparation is not part of the packed file). The run writes `run/` (logs, artifact, report.json). "
-              "The train, quantize, eval and size verbs also work, e.g. `python train_gpt.py eval run --ttt`.", "",
-              "## Files", "",
-              "- `train_gpt.py`: the pgolf modules a record run needs, minified, compressed and wrapped",
-              "- `config.json`: the resolved configuration of this run", "- `submission.json`, `README.md`",
-              "- `requirements.txt`"]
-    lines += [f"- `{n}`" for n in logs]
-    return "\n".join(lines) + "\n"
-
-
-def _requirements() -> str:
-    try:
-        reqs = [r for r in importlib.metadata.requires("pgolf") or [] if "extra ==" not in r]
-    except importlib.metadata.PackageNotFoundError:
-        reqs = []
-    skip = ("python-minifier", "tqdm", "huggingface_hub")  # packing, progress bars, downloads only
-    return "\n".join(["torch"] + [r for r in reqs if not r.startswith(skip)]) + "\n"
-
-
-def pack_record(run_dir: str | Path, out_dir: str | Path) -> dict:
-    """Write the record folder; returns the size breakdown. Refuses (ArtifactError) when over the cap."""
-    from pgolf.report import read_report
-
-    run, cfg, cfg_text, art = _run_files(run_dir)
-    code = build_train_gpt(cfg_text)
-    sizes = size_breakdown(run)
-    assert sizes["code_bytes"] == len(file_bytes(code)), "the counted size must be the file we write"
-    if sizes["headroom_bytes"] < 0:
-        raise ArtifactError(_over_cap_message(sizes, f"pack {run}"))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RECORD_CODE_NAME).write_bytes(file_bytes(code))
-    (out / "config.json").write_text(cfg_text)
-    (out / "requirements.txt").write_text(_requirements())
-    logs = []
-    for p in sorted(run.iterdir()):
-        if p.is_file() and (p.suffix in LOG_SUFFIXES or p.name == "report.json"):
-            shutil.copy2(p, out / p.name)
-            logs.append(p.name)
-    report = read_report(run)
-    sub = build_submission(report, cfg, sizes)
-    (out / "submission.json").write_text(json.dumps(sub, indent=2) + "\n")
-    (out / "README.md").write_text(build_readme(sub, sizes, cfg, logs))
-    return sizes
-

@@ -93,9 +93,9 @@ def make_run(root: Path, name: str = "run", *, seed: int = 1, data: Path | None 
 
 def make_record(run: Path, out: Path, *, seeds: list[int] | None = None, extra: dict | None = None,
                 readme: str = "# record\n") -> Path:
-    """A record folder laid out as `pgolf pack` writes it (submission.json from pack.build_submission)."""
+    """A record folder laid out as `pgolf pack` writes it (submission.json from record.build_submission)."""
     from pgolf.config import RunConfig
-    from pgolf.pack import build_submission
+    from pgolf.record import build_submission
 
     out.mkdir(parents=True)
     for name in ("train_gpt.py", "config.json", "report.json", "train.jsonl", "eval.jsonl"):

@@ -20,7 +20,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgolf import pack
+from pgolf import pack, record
 from pgolf.config import load_preset
 from pgolf.errors import ArtifactError
 from pgolf.quant.artifact import write_artifact
@@ -356,9 +356,9 @@ def test_pack_writes_record_folder(run_dir, tmp_path):
 
 
 def test_final_result_order():
-    assert pack.final_result({"val_bpb_roundtrip": 1.2}) == ("val_bpb_roundtrip", 1.2)
-    assert pack.final_result({"val_bpb_roundtrip": 1.2, "val_bpb_ttt_ensemble": 1.0}) == ("val_bpb_ttt_ensemble", 1.0)
-    assert pack.final_result({}) is None
+    assert record.final_result({"val_bpb_roundtrip": 1.2}) == ("val_bpb_roundtrip", 1.2)
+    assert record.final_result({"val_bpb_roundtrip": 1.2, "val_bpb_ttt_ensemble": 1.0}) == ("val_bpb_ttt_ensemble", 1.0)
+    assert record.final_result({}) is None
 
 
 @pytest.mark.slow
