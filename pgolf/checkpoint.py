@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pgolf.config import ModelConfig, RunConfig
@@ -257,6 +259,37 @@ def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
     if obj.get("version") != FORMAT_VERSION:
         raise ArtifactError(f"{path}: training state version {obj.get('version')}, this pgolf reads {FORMAT_VERSION}")
     return obj["state"]
+
+
+# --------------------------------------------------------------------------- RNG state (resume is bit-exact)
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (the record's SEED)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch generator states in weights_only-loadable form."""
+    version, keys, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {"python": [version, list(keys), gauss],
+             "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_has_gauss),
+                       float(np_gauss)],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, keys, gauss = state["python"]
+    random.setstate((version, tuple(keys), gauss))
+    name, keys_t, pos, has_gauss, gauss_np = state["numpy"]
+    np.random.set_state((name, keys_t.numpy().astype(np.uint32), pos, has_gauss, gauss_np))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # --------------------------------------------------------------------------- file helpers

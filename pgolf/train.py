@@ -31,15 +31,14 @@ import hashlib
 import json
 import math
 import os
-import random
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from pgolf import schedule
+from pgolf.checkpoint import rng_state, seed_everything, set_rng_state
 from pgolf.config import RunConfig, TrainConfig
 from pgolf.distributed import all_reduce_max, all_reduce_sum, barrier, init_distributed, is_main
 from pgolf.errors import ConfigError, TrainingError
@@ -127,35 +126,6 @@ class EMA:
 
 
 # --------------------------------------------------------------------------- run state
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    """Python, numpy and torch generator states in weights_only-loadable form."""
-    version, keys, gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state = {"python": [version, list(keys), gauss],
-             "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_has_gauss),
-                       float(np_gauss)],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    version, keys, gauss = state["python"]
-    random.setstate((version, tuple(keys), gauss))
-    name, keys_t, pos, has_gauss, gauss_np = state["numpy"]
-    np.random.set_state((name, keys_t.numpy().astype(np.uint32), pos, has_gauss, gauss_np))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _manifest_sha256(data_dir: Path) -> str | None:
     p = Path(data_dir) / "manifest.json"
     return hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None
@@ -285,7 +255,7 @@ class _Run:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
-        _seed_everything(tc.seed)
+        seed_everything(tc.seed)
         self.files = train_files(data_dir)
         self.val = load_val(data_dir, include_tail=cfg.eval.include_tail, val_docs_limit=cfg.eval.val_docs_limit,
                             seq_len=cfg.eval.eval_seq_len)
@@ -326,7 +296,7 @@ class _Run:
                 "model": weights if weights is not None else _cpu_state(self.model),
                 "ema": self.ema.state_dict() if self.ema is not None else None, "optimizers": self.opt.state_dict(),
                 "loader": loader_state, "rewarm": self.rewarm.state(), "active_seq_len": self.active_seq_len,
-                "looping": self.model.looping, "last_loss": self.last_loss, "rng": _rng_state()}
+                "looping": self.model.looping, "last_loss": self.last_loss, "rng": rng_state()}
 
     def checkpoint(self, loader_state: dict, weights: dict | None = None) -> None:
         from pgolf.checkpoint import save_train_state
@@ -346,7 +316,7 @@ class _Run:
         self.model.set_looping(bool(saved["looping"]))
         self.step, self.active_seq_len, self.last_loss = int(saved["step"]), saved["active_seq_len"], saved["last_loss"]
         self.clock = _Clock(self.dev, float(saved["elapsed_s"]))
-        _set_rng_state(saved["rng"])
+        set_rng_state(saved["rng"])
         self.log.event("resume", step=self.step, elapsed_s=float(saved["elapsed_s"]))
 
     # -- one step -------------------------------------------------------------------------------
