@@ -15,6 +15,7 @@ directories; the tokenizer is found through the manifest or `tokenizer.model`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,12 @@ from pgolf.shards import read_concat, shard_paths
 from pgolf.tokenizer import BOS_ID
 
 MANIFEST_NAME = "manifest.json"
+
+
+def manifest_sha256(data_dir: str | Path) -> str | None:
+    """SHA-256 of DIR/manifest.json, what reports record as `data_manifest_sha256` (None without one)."""
+    p = Path(data_dir) / MANIFEST_NAME
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None
 TOKENIZER_NAME = "tokenizer.model"
 
 

@@ -8,6 +8,7 @@ the same code path as 8 GPUs. Backend: NCCL on CUDA, gloo on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -57,6 +58,13 @@ def init_distributed(device: str | None = None) -> Dist:
 
 def get_dist() -> Dist:
     return _STATE if _STATE is not None else init_distributed()
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA, as the record runs (logits and CE stay fp32 in the model); nothing on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def cleanup() -> None:

@@ -34,8 +34,9 @@ from torch import Tensor, nn
 
 from pgolf.bpb import BpbMeter
 from pgolf.config import EvalConfig, RunConfig, load_json, parse_set_args
-from pgolf.distributed import all_reduce_sum, get_dist, init_distributed, is_main
-from pgolf.errors import ArtifactError, ConfigError, DataError
+from pgolf.distributed import all_reduce_sum, autocast, get_dist, init_distributed, is_main
+from pgolf.errors import ArtifactError, ConfigError
+from pgolf.loader import build_cu_seqlens
 
 BOS_ID = 1
 CU_BUCKET = 64
@@ -46,31 +47,6 @@ ScoredHook = Callable[[int, Tensor], None]
 
 
 # --------------------------------------------------------------------------- packing helpers
-def packed_cu_seqlens(x: Tensor, max_seqlen: int, starts: list[int] | None = None,
-                      bucket: int = CU_BUCKET) -> tuple[Tensor, int]:
-    """Segment boundaries of one packed row of input tokens `x` [n].
-
-    A segment starts at 0, at every BOS and at every index in `starts`; a
-    segment longer than `max_seqlen` is split into max_seqlen pieces from its
-    start. Returns (int32 cu_seqlens padded by repeating the total to a multiple
-    of `bucket` entries, the longest segment).
-    """
-    n = int(x.numel())
-    assert n > 0 and max_seqlen > 0
-    cuts = set((x == BOS_ID).nonzero().flatten().tolist())
-    cuts.add(0)
-    cuts.update(s for s in (starts or []) if 0 <= s < n)
-    ordered = sorted(cuts) + [n]
-    bounds: list[int] = []
-    for a, b in zip(ordered[:-1], ordered[1:]):
-        bounds.extend(range(a, b, max_seqlen))
-    bounds.append(n)
-    longest = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
-    pad = (-len(bounds)) % bucket
-    bounds.extend([n] * pad)
-    return torch.tensor(bounds, dtype=torch.int32), longest
-
-
 def rank_target_range(num_targets: int, rank: int, world_size: int) -> tuple[int, int]:
     """The contiguous targets [start, end) rank `rank` scores (integer division, as the seed)."""
     return num_targets * rank // world_size, num_targets * (rank + 1) // world_size
@@ -110,13 +86,6 @@ def _model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _autocast(device: torch.device):
-    """bf16 autocast on CUDA (the model keeps logits and CE in fp32); nothing on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module):
     was_training = model.training
@@ -131,7 +100,7 @@ def _eval_mode(model: nn.Module):
 def _score_row(model: nn.Module, x: Tensor, y: Tensor, cu_seqlens: Tensor, max_seqlen: int) -> Tensor:
     """Per-target NLL (nats, fp32) [n] of one packed row."""
     device = _model_device(model)
-    with _autocast(device):
+    with autocast(device):
         nll = model(x.to(device)[None], y.to(device)[None], cu_seqlens=cu_seqlens.to(device),
                     max_seqlen=max_seqlen, reduction="none")
     return nll.reshape(-1).float()
@@ -162,7 +131,7 @@ def eval_packed(model: nn.Module, val, cfg: EvalConfig, meter: BpbMeter | None =
         for start, end in packed_batches(val.num_targets, cfg, d.rank, d.world_size):
             x = tokens[start:end]
             y = tokens[start + 1:end + 1]
-            cu_seqlens, max_seqlen = packed_cu_seqlens(x, cfg.eval_seq_len)
+            cu_seqlens, max_seqlen = build_cu_seqlens(x, cfg.eval_seq_len)
             nll = _score_row(model, x, y, cu_seqlens, max_seqlen)
             meter.add(nll, token_bytes[start + 1:end + 1].to(nll.device))
             if on_scored is not None:
@@ -197,7 +166,7 @@ def eval_sliding(model: nn.Module, val, seq_len: int, stride: int, *, meter: Bpb
                 starts.append(offset)
                 offset += end - ws
             x, y = torch.cat(xs), torch.cat(ys)
-            cu_seqlens, max_seqlen = packed_cu_seqlens(x, seq_len, starts)
+            cu_seqlens, max_seqlen = build_cu_seqlens(x, seq_len, starts=starts)
             nll_row = _score_row(model, x, y, cu_seqlens, max_seqlen)
             for (ws, ss, end), row_start in zip(group, starts):
                 nll = nll_row[row_start + ss - ws:row_start + end - ws]
@@ -275,19 +244,6 @@ def eval_config(args) -> RunConfig:
     return cfg.replace(overrides) if overrides else cfg
 
 
-def _data_dir(args, run_dir: Path) -> Path:
-    from pgolf.report import read_report
-
-    if getattr(args, "data", None):
-        return Path(args.data)
-    recorded = read_report(run_dir).get("data_dir")
-    if not recorded:
-        raise ConfigError(f"{run_dir / 'report.json'}: no data_dir recorded; pass --data DIR")
-    if not Path(recorded).is_dir():
-        raise DataError(f"{recorded}: the run's data directory is gone; pass --data DIR")
-    return Path(recorded)
-
-
 def dump_paths(spec: str | Path) -> dict[str, Path]:
     """Where --dump-nll writes: an existing directory (or one spelled with a trailing '/')
     gets DIR/nll.npy, DIR/bytes.npy, DIR/positions.npy (+ nll_own.npy, score_counts.npy after
@@ -354,13 +310,13 @@ def cmd_eval(args) -> int:
     int32, stream position int64 of each target token).
     """
     from pgolf.data import load_val
-    from pgolf.report import update_report
+    from pgolf.report import recorded_data_dir, update_report
     from pgolf.runlog import RunLog
 
     init_distributed()
     run_dir = Path(args.run_dir)
     cfg = eval_config(args)
-    data_dir = _data_dir(args, run_dir)
+    data_dir = recorded_data_dir(run_dir, getattr(args, "data", None))
     val = load_val(data_dir, include_tail=cfg.eval.include_tail, val_docs_limit=cfg.eval.val_docs_limit,
                    seq_len=cfg.eval.eval_seq_len)
     prequant = bool(getattr(args, "prequant", False))

@@ -46,8 +46,10 @@ CU_BUCKET = 64
 NUM_PREFETCH = 2
 
 
-def build_cu_seqlens(tokens, max_doc_len: int, bucket: int = CU_BUCKET) -> tuple[torch.Tensor, int]:
-    """Segment boundaries of one packed row: a start at 0 and at every BOS, long docs split.
+def build_cu_seqlens(tokens, max_doc_len: int, bucket: int = CU_BUCKET,
+                     starts: list[int] | None = None) -> tuple[torch.Tensor, int]:
+    """Segment boundaries of one packed row: a start at 0, at every BOS and at every index in
+    `starts` (sliding-window eval packs several windows in a row), long segments split.
 
     Returns (cu_seqlens int32 [k], max_seqlen) where k is the boundary count rounded up to
     a multiple of `bucket` by repeating the row length, and max_seqlen the longest segment.
@@ -56,10 +58,9 @@ def build_cu_seqlens(tokens, max_doc_len: int, bucket: int = CU_BUCKET) -> tuple
     toks = tokens.numpy() if isinstance(tokens, torch.Tensor) else np.asarray(tokens)
     total_len = int(toks.shape[-1])
     assert toks.ndim == 1 and total_len > 0, f"expected a non-empty 1-D row, got shape {toks.shape}"
-    doc_starts = np.flatnonzero(toks == BOS_ID)
-    if doc_starts.size == 0 or doc_starts[0] != 0:
-        # The row opens mid-document: that partial document is a segment of its own.
-        doc_starts = np.concatenate([[0], doc_starts])
+    # A row that opens mid-document makes that partial document a segment of its own (the 0).
+    extra = [s for s in (starts or []) if 0 <= s < total_len]
+    doc_starts = np.union1d(np.flatnonzero(toks == BOS_ID), np.asarray([0] + extra, dtype=np.int64))
     doc_ends = np.append(doc_starts[1:], total_len)
     if max_doc_len > 0:
         seg_starts = np.concatenate([np.arange(s, e, max_doc_len) for s, e in zip(doc_starts, doc_ends)])

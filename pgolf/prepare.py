@@ -19,7 +19,6 @@ that already holds shards is refused unless `overwrite`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -225,11 +224,6 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
         if p.name not in stale:
             os.replace(p, out_dir / p.name)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def manifest_sha256(data_dir: str | Path) -> str:
-    """SHA-256 of DIR/manifest.json (what reports record as `data_manifest_sha256`)."""
-    return hashlib.sha256((Path(data_dir) / MANIFEST_NAME).read_bytes()).hexdigest()
 
 
 def summary_lines(out_dir: Path, m: dict, seconds: float) -> list[str]:

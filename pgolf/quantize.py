@@ -22,19 +22,11 @@ from pathlib import Path
 
 import torch
 
-from pgolf.errors import ArtifactError, DataError
+from pgolf.errors import ArtifactError
 
 ARTIFACT_NAME = "final_model.int6.ptz"
 MODEL_NAME = "final_model.pt"
 CALIBRATION_NAME = "calibration.pt"
-
-
-def _data_dir(run: Path, report: dict, data_dir: str | Path | None) -> Path:
-    """The validation data: the argument, else the directory the run trained on (report.json)."""
-    d = data_dir or report.get("data_dir")
-    if not d:
-        raise DataError(f"{run / 'report.json'}: no data_dir recorded; pass the data directory explicitly")
-    return Path(d)
 
 
 def _assert_same_qstate(a: dict, b: dict) -> None:
@@ -58,7 +50,7 @@ def quantize_run(run_dir: str | Path, compressor: str | None = None, evaluate: b
     from pgolf.quant.artifact import read_artifact, write_artifact
     from pgolf.quant.calibrate import load_calibration
     from pgolf.quant.mixed import dequantize_state_dict, quantize_state_dict, summary_by_category, summary_lines
-    from pgolf.report import read_report, update_report
+    from pgolf.report import read_report, recorded_data_dir, update_report
     from pgolf.runlog import RunLog
 
     run = Path(run_dir)
@@ -130,7 +122,7 @@ def quantize_run(run_dir: str | Path, compressor: str | None = None, evaluate: b
         from pgolf.evaluate import eval_packed
 
         t_ev = time.perf_counter()
-        val = load_val(_data_dir(run, report, data_dir), include_tail=cfg.eval.include_tail,
+        val = load_val(recorded_data_dir(run, data_dir), include_tail=cfg.eval.include_tail,
                        val_docs_limit=cfg.eval.val_docs_limit, seq_len=cfg.eval.eval_seq_len)
         meter = eval_packed(fresh, val, cfg.eval)
         fields.update(val_bpb_roundtrip=meter.bpb(), val_loss_roundtrip=meter.loss(),

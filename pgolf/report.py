@@ -44,6 +44,20 @@ def update_report(run_dir: str | Path, fields: dict[str, Any]) -> dict[str, Any]
     return rep
 
 
+def recorded_data_dir(run_dir: str | Path, given: str | Path | None = None) -> Path:
+    """The data directory to evaluate on: `given`, else the one the run trained on (report.json)."""
+    from pgolf.errors import ConfigError, DataError
+
+    if given:
+        return Path(given)
+    recorded = read_report(run_dir).get("data_dir")
+    if not recorded:
+        raise ConfigError(f"{Path(run_dir) / REPORT_NAME}: no data_dir recorded; pass --data DIR")
+    if not Path(recorded).is_dir():
+        raise DataError(f"{recorded}: the run's data directory is gone; pass --data DIR")
+    return Path(recorded)
+
+
 def write_config(run_dir: str | Path, config) -> None:
     """Dump the resolved config as RUN_DIR/config.json."""
     if is_main():

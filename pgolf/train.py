@@ -27,7 +27,6 @@ stopped at step k and resumed ends bit-identical to an uninterrupted one on CPU.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -40,7 +39,8 @@ import torch
 from pgolf import schedule
 from pgolf.checkpoint import rng_state, seed_everything, set_rng_state
 from pgolf.config import RunConfig, TrainConfig
-from pgolf.distributed import all_reduce_max, all_reduce_sum, barrier, init_distributed, is_main
+from pgolf.data import manifest_sha256
+from pgolf.distributed import all_reduce_max, all_reduce_sum, autocast, barrier, init_distributed, is_main
 from pgolf.errors import ConfigError, TrainingError
 from pgolf.loader import CU_BUCKET, CalibrationSampler, DocumentPackingLoader
 from pgolf.runlog import RunLog
@@ -72,13 +72,6 @@ def local_micro_tokens(cfg: TrainConfig, world_size: int, grad_accum: int) -> in
 
 
 # --------------------------------------------------------------------------- pieces of a step
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA, as the record trains; fp32 on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def forward_backward(forward: Callable, loader: DocumentPackingLoader, seq_len: int, grad_accum: int,
                      device: torch.device) -> torch.Tensor:
     """Accumulate the gradients of one optimizer step; returns the mean micro-step loss (detached)."""
@@ -126,11 +119,6 @@ class EMA:
 
 
 # --------------------------------------------------------------------------- run state
-def _manifest_sha256(data_dir: Path) -> str | None:
-    p = Path(data_dir) / "manifest.json"
-    return hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None
-
-
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -412,7 +400,7 @@ class _Run:
             "val_loss": val_post["val_loss"], "val_bpb": val_post["val_bpb"], "val_bpb_pre_ema": val_pre["val_bpb"],
             "val_loss_pre_ema": val_pre["val_loss"], "calibration_seconds": calib["seconds"],
             "final_train_loss": self.last_loss, "stopped_by": self.stopped_by,
-            "data_manifest_sha256": _manifest_sha256(self.data_dir), "data_dir": str(self.data_dir.resolve()),
+            "data_manifest_sha256": manifest_sha256(self.data_dir), "data_dir": str(self.data_dir.resolve()),
             "phase_seconds": {"train_setup": self.setup_s, "compile_warmup": self.warmup_s, "train": train_s,
                               "calibration": calib["seconds"], "train_val": val_s},
             "config": cfg.to_dict(),

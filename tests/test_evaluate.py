@@ -19,9 +19,9 @@ from torch import nn
 
 from pgolf.config import EvalConfig, load_preset
 from pgolf.data import ValData, find_docs, load_val
+from pgolf.evaluate import eval_packed, eval_sliding, packed_batches, rank_target_range, sliding_windows
+from pgolf.loader import build_cu_seqlens
 from pgolf.model import GPT
-from pgolf.evaluate import (eval_packed, eval_sliding, packed_batches, packed_cu_seqlens, rank_target_range,
-                            sliding_windows)
 
 V = 64
 
@@ -105,13 +105,13 @@ def test_packed_batches_tile_every_target_once(num_targets, world, batch_tokens,
 
 def test_cu_seqlens_cuts_at_bos_splits_long_segments_and_pads():
     x = torch.tensor([5, 6, 1, 7, 8, 9, 10, 11, 12, 1, 3])
-    cu, longest = packed_cu_seqlens(x, max_seqlen=4)
+    cu, longest = build_cu_seqlens(x, max_doc_len=4)
     assert cu.dtype == torch.int32 and cu.numel() % 64 == 0
     bounds = sorted(set(cu.tolist()))
     assert bounds == [0, 2, 6, 9, 11]
     assert longest == 4
     assert cu.tolist()[len(bounds):] == [11] * (cu.numel() - len(bounds))
-    cu2, longest2 = packed_cu_seqlens(x, max_seqlen=100, starts=[4])
+    cu2, longest2 = build_cu_seqlens(x, max_doc_len=100, starts=[4])
     assert sorted(set(cu2.tolist())) == [0, 2, 4, 9, 11] and longest2 == 5
 
 

@@ -25,12 +25,12 @@ the record's shuffled loader draws them) and writes `calibration.pt` with
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
+from pgolf.distributed import autocast
 from pgolf.errors import DataError
 
 CALIBRATION_FORMAT = "pgolf-calibration"
@@ -102,12 +102,11 @@ def collect_hessians(model: torch.nn.Module, batches: Iterable[torch.Tensor],
     was_looping = getattr(model, "looping", None)
     acc = HessianAccumulator(accum_dtype)
     num_batches = 0
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     model.eval()
     if was_looping is not None:
         model.set_looping(True)
     try:
-        with torch.no_grad(), model.observe(acc.observe), autocast:
+        with torch.no_grad(), model.observe(acc.observe), autocast(device):
             for ids in batches:
                 model(ids.to(device=device, dtype=torch.long, non_blocking=True))
                 num_batches += 1

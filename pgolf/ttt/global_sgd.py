@@ -34,7 +34,7 @@ from torch import nn
 
 from pgolf.config import TTTConfig
 from pgolf.distributed import all_reduce_sum, get_dist
-from pgolf.evaluate import packed_cu_seqlens
+from pgolf.loader import build_cu_seqlens
 
 BOS_ID = 1
 
@@ -117,7 +117,7 @@ def run_global_sgd(model: nn.Module, stream: torch.Tensor, cfg: TTTConfig, *,
                 if s1 > s0:
                     x = stream[s0:s1]
                     y = stream[s0 + 1: s1 + 1]
-                    cu, max_len = packed_cu_seqlens(x, seq_len)
+                    cu, max_len = build_cu_seqlens(x, seq_len)
                     with autocast():
                         loss = model(x.to(device)[None], y.to(device)[None], cu_seqlens=cu.to(device),
                                      max_seqlen=max_len)

@@ -28,8 +28,8 @@ all-reduced at the end and `run_ttt` asserts that every target was scored.
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import functools
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -41,7 +41,7 @@ import torch.distributed as dist
 
 from pgolf.bpb import BpbMeter
 from pgolf.config import RunConfig, TTTConfig
-from pgolf.distributed import all_reduce_sum, barrier, get_dist
+from pgolf.distributed import all_reduce_sum, autocast, barrier, get_dist
 from pgolf.ttt import ensemble as ens
 from pgolf.ttt.global_sgd import pause_points, phase_boundaries, run_global_sgd, sgd_stream
 from pgolf.ttt.lora import BatchedLoRA
@@ -214,12 +214,6 @@ class _Claimer:
 # --------------------------------------------------------------------------- the loop
 
 
-def _autocast_for(device: torch.device):
-    if device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
 def _use_compile(cfg: RunConfig, device: torch.device) -> bool:
     return cfg.train.compile == "on" or (cfg.train.compile == "auto" and device.type == "cuda")
 
@@ -231,7 +225,7 @@ class _Run:
         self.model, self.val, self.cfg, self.t = model, val, cfg, cfg.ttt
         self.trace, self.dump = trace, dump
         self.device = next(model.parameters()).device
-        self.autocast = _autocast_for(self.device)
+        self.autocast = functools.partial(autocast, self.device)
         self.fwd = model
         self.tokens = val.tokens.cpu()
         self.token_bytes = val.token_bytes.cpu()
