@@ -1,3 +1,3 @@
-from pgolf.cli import main
+from pgolf.app.cli import main
 
 raise SystemExit(main())

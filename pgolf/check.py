@@ -10,7 +10,7 @@ and works on downloaded directories too.
 
 Works on pgolf-prepared and challenge-downloaded directories; checks that need
 what a directory does not have (per-document byte totals, a manifest) are
-SKIP, not FAIL. Any FAIL makes `cmd_check` exit non-zero.
+SKIP, not FAIL. Any FAIL makes `pgolf data check` exit non-zero.
 """
 
 from __future__ import annotations
@@ -235,13 +235,3 @@ def format_table(results: list[CheckResult]) -> str:
     lines = [f"{'check':<{width}}  status  detail", f"{'-' * width}  ------  {'-' * 40}"]
     lines += [f"{r.name:<{width}}  {r.status:<6}  {r.detail}" for r in results]
     return "\n".join(lines)
-
-
-def cmd_check(args) -> int:
-    results = check_data(args.dir, tokenizer=args.tokenizer, progress=True)
-    print(format_table(results))
-    failed = [r for r in results if not r.ok]
-    if failed:
-        raise DataError(f"{len(failed)} of {len(results)} checks failed; first: {failed[0].name}: {failed[0].detail}")
-    print(f"{args.dir}: all {len(results)} checks passed")
-    return 0

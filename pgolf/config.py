@@ -23,6 +23,7 @@ import difflib
 import json
 from dataclasses import dataclass, field, fields
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from pgolf.errors import ConfigError
@@ -476,3 +477,24 @@ def parse_set_args(items: list[str] | None) -> dict[str, Any]:
         key, value = item.split("=", 1)
         out[key.strip()] = value.strip()
     return out
+
+
+def resolve(base: RunConfig | str | Path, *, env: dict[str, Any] | None = None, sets: list[str] | tuple = (),
+            flags: dict[str, Any] | None = None) -> RunConfig:
+    """The one override path every verb, the pipeline and the packed file take.
+
+    Layers, later ones win: `base` (a RunConfig, a preset name or a config.json path) -> `env`
+    (the seed's environment knobs, already mapped to fields by `pgolf.app.envknobs`) -> `sets`
+    (`--set SECTION.FIELD=VALUE` strings) -> `flags` (dedicated options such as `--seed`, as
+    field -> value; None values are options that were not given).
+    """
+    if isinstance(base, Path) or (isinstance(base, str) and base.endswith(".json")):
+        cfg = load_json(base)
+    elif isinstance(base, str):
+        cfg = load_preset(base)
+    else:
+        cfg = base
+    overrides: dict[str, Any] = dict(env or {})
+    overrides.update(parse_set_args(list(sets)))
+    overrides.update({k: v for k, v in (flags or {}).items() if v is not None})
+    return cfg.replace(overrides) if overrides else cfg

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pgolf.bpb import build_byte_luts, lut_token_bytes
 from pgolf.errors import DataError
 from pgolf.shards import read_concat, shard_paths
-from pgolf.tokenizer import BOS_ID
+from pgolf.tokenizer import BOS_ID, Tokenizer
 
 MANIFEST_NAME = "manifest.json"
 
@@ -113,8 +114,6 @@ def _val_byte_counts(data_dir: Path, tokens: np.ndarray) -> tuple[np.ndarray, st
             raise DataError(f"{data_dir}: byte sidecars hold {counts.size} counts but the val shards hold "
                             f"{tokens.size} tokens (fineweb_val_bytes_*.bin must align 1:1 with fineweb_val_*.bin)")
         return counts.astype(np.int32), "sidecar"
-    from pgolf.bpb import build_byte_luts, lut_token_bytes
-    from pgolf.tokenizer import Tokenizer
 
     manifest = load_manifest(data_dir) if (data_dir / MANIFEST_NAME).exists() else {}
     path = tokenizer_path(data_dir, manifest)

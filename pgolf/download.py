@@ -235,16 +235,3 @@ def _manifest(out_dir: Path, spec: Variant, source: dict, entry: dict, tok_entry
         "num_train_shards": len(train),
         "files": hashes,
     }
-
-
-def cmd_download(args) -> int:
-    m = download(args.variant, args.out, args.train_shards, repo_id=args.repo_id, local_hub=args.local_hub)
-    print(f"downloaded {m['source']['dataset']} from {m['source']['repo_id']} into {args.out}")
-    print(f"  val    {m['num_val_docs']:>10,} docs {m['num_val_tokens']:>14,} tokens {m['num_val_shards']} shard(s)"
-          f"  bytes: {m['byte_source']}")
-    print(f"  train  {m['num_train_docs']:>10,} docs {m['num_train_tokens']:>14,} tokens "
-          f"{m['num_train_shards']} shard(s)")
-    print(f"  tokenizer {m['tokenizer']} (vocab {m['vocab_size']}, caseops {'on' if m['caseops'] else 'off'}); "
-          f"{m['num_files_fetched']} file(s) fetched, the rest already present; {m['seconds']:.1f} s")
-    print(f"  next: pgolf data check {args.out}")
-    return 0

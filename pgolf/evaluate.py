@@ -18,29 +18,30 @@ gives the same NLL as running each piece on its own.
 Target j predicts `val.tokens[j+1]` from `val.tokens[:j+1]` and costs
 `val.token_bytes[j+1]` bytes (0 for a BOS target), j = 0 .. T-1 with T = N-1.
 
-`cmd_eval` (the `pgolf eval` verb) loads a run's artifact and reports roundtrip,
-pre-quant, TTT and TTT + ensemble bpb with per-phase seconds; see its docstring.
+`load_scored_model` is the one path from a run's files to an evaluation-ready GPT
+(the artifact read back from disk, or the EMA weights), and `ttt_phase` runs
+score-first TTT on it with the seed's log lines.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from pgolf.bpb import BpbMeter
-from pgolf.config import EvalConfig, RunConfig, load_json, parse_set_args
-from pgolf.distributed import all_reduce_sum, autocast, get_dist, init_distributed, is_main
-from pgolf.errors import ArtifactError, ConfigError
+from pgolf.checkpoint import import_record_state_dict, load_model
+from pgolf.config import EvalConfig, RunConfig
+from pgolf.distributed import all_reduce_sum, autocast, get_dist
+from pgolf.errors import ConfigError
 from pgolf.loader import build_cu_seqlens
-
-BOS_ID = 1
-CU_BUCKET = 64
-"""cu_seqlens entry counts are padded to a multiple of this (fewer distinct shapes to compile)."""
+from pgolf.quant.artifact import read_artifact
+from pgolf.quant.mixed import dequantize_state_dict
+from pgolf.rundir import RunDir
+from pgolf.ttt.score_first import run_ttt
 
 # A callback told about every scored span: (first target index, per-target NLL in nats [n] fp32).
 ScoredHook = Callable[[int, Tensor], None]
@@ -176,102 +177,46 @@ def eval_sliding(model: nn.Module, val, seq_len: int, stride: int, *, meter: Bpb
     return _finish(meter)
 
 
-# --------------------------------------------------------------------------- the eval verb
-ARTIFACT_NAME = "final_model.int6.ptz"
-PREQUANT_NAME = "final_model.pt"
-
-
+# --------------------------------------------------------------------------- a run's model, scored
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def load_eval_model(run_dir: str | Path, prequant: bool = False, cfg: RunConfig | None = None) -> tuple[nn.Module, float]:
+def load_scored_model(run: RunDir, cfg: RunConfig, prequant: bool = False) -> tuple[nn.Module, float]:
     """(GPT on this rank's device with looping on, seconds spent loading and decompressing).
 
-    prequant=False reads RUN/final_model.int6.ptz (never unpickles), dequantizes it
-    and loads the weights into a fresh GPT of the run's model config; prequant=True
-    loads the EMA weights RUN/final_model.pt. `cfg` defaults to RUN/config.json.
+    prequant=False reads the artifact (never unpickles), dequantizes it and loads the weights
+    into a fresh GPT of the run's model config: the number a run reports for its quantized model
+    always comes from the bytes on disk. prequant=True loads the EMA weights.
     """
-    from pgolf.checkpoint import import_record_state_dict, load_model
-    from pgolf.quant.artifact import read_artifact
-    from pgolf.quant.mixed import dequantize_state_dict
-
-    run_dir = Path(run_dir)
-    cfg = cfg if cfg is not None else _run_config(run_dir)
     device = get_dist().device
     t0 = time.perf_counter()
     if prequant:
-        path = run_dir / PREQUANT_NAME
-        if not path.exists():
-            raise ArtifactError(f"{path}: pre-quantization model not found (train the run first)")
+        path = run.require(run.final_model, "train the run first")
         model = load_model(path, cfg.model)
     else:
-        path = run_dir / ARTIFACT_NAME
-        if not path.exists():
-            raise ArtifactError(f"{path}: artifact not found (run `pgolf quantize {run_dir}` first)")
-        model = import_record_state_dict(dequantize_state_dict(read_artifact(path)), cfg.model)
-    model = model.to(device)
-    model.set_looping(True)  # the final model is evaluated as it was trained last: recurrent
-    model.eval()
+        path = run.require(run.artifact, f"run `pgolf quantize {run.path}` first")
+        model = model_from_qstate(read_artifact(path), cfg)
+    model = ready_for_scoring(model)
     _sync(device)
     return model, time.perf_counter() - t0
 
 
-def _run_config(run_dir: Path) -> RunConfig:
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: run directory not found")
-    path = run_dir / "config.json"
-    if not path.exists():
-        raise ConfigError(f"{path}: not found (is {run_dir} a pgolf run directory?)")
-    return load_json(path)
+def model_from_qstate(qstate: dict, cfg: RunConfig) -> nn.Module:
+    """The GPT an artifact's contents describe, ready to be scored."""
+    return ready_for_scoring(import_record_state_dict(dequantize_state_dict(qstate), cfg.model))
 
 
-def eval_config(args) -> RunConfig:
-    """RUN/config.json, then --env knobs, then --set overrides, then --peer-mode / --peer-k."""
-    cfg = _run_config(Path(args.run_dir))
-    if getattr(args, "env", False):
-        import os
-
-        from pgolf.envknobs import config_from_env
-
-        cfg = config_from_env(os.environ, cfg)
-    overrides = parse_set_args(getattr(args, "set", None))
-    if getattr(args, "peer_mode", None) is not None:
-        overrides["ttt.peer_mode"] = args.peer_mode
-    if getattr(args, "peer_k", None) is not None:
-        overrides["ttt.peer_k"] = args.peer_k
-    return cfg.replace(overrides) if overrides else cfg
+def ready_for_scoring(model: nn.Module) -> nn.Module:
+    """On this rank's device, in eval mode, looped: the final model is scored as it was trained last."""
+    model = model.to(get_dist().device)
+    model.set_looping(True)
+    model.eval()
+    return model
 
 
-def dump_paths(spec: str | Path) -> dict[str, Path]:
-    """Where --dump-nll writes: an existing directory (or one spelled with a trailing '/')
-    gets DIR/nll.npy, DIR/bytes.npy, DIR/positions.npy (+ nll_own.npy, score_counts.npy after
-    TTT); anything else is a prefix: FILE.nll.npy, FILE.bytes.npy, ... (a trailing .npy is dropped)."""
-    text = str(spec)
-    path = Path(text)
-    names = ("nll", "bytes", "positions", "nll_own", "score_counts")
-    if path.is_dir() or text.endswith(("/", "\\")):
-        return {n: path / f"{n}.npy" for n in names}
-    stem = text[:-4] if text.endswith(".npy") else text
-    return {n: Path(f"{stem}.{n}.npy") for n in names}
-
-
-def _write_dump(spec: str, arrays: dict) -> list[Path]:
-    import numpy as np
-
-    paths = dump_paths(spec)
-    written = []
-    for name, arr in arrays.items():
-        if arr is None:
-            continue
-        paths[name].parent.mkdir(parents=True, exist_ok=True)
-        np.save(paths[name], arr)
-        written.append(paths[name])
-    return written
-
-
-class _NllCollector:
+class NllCollector:
     """Per-target NLL of a diagnostic eval, gathered to every rank (zeros where another rank scored)."""
 
     def __init__(self, num_targets: int):
@@ -284,11 +229,13 @@ class _NllCollector:
         return all_reduce_sum(self.nll.to(get_dist().device)).cpu()
 
 
-def _diag_line(label: str, meter: BpbMeter, seconds: float) -> str:
+def diag_line(label: str, meter: BpbMeter, seconds: float) -> str:
+    """The seed's log line for one evaluation, so logs read like the challenge's."""
     return f"{label} val_loss:{meter.loss():.8f} val_bpb:{meter.bpb():.8f} eval_time:{int(round(seconds * 1000))}ms"
 
 
-def _timed_eval(model, val, cfg: RunConfig, hook=None) -> tuple[BpbMeter, float]:
+def timed_eval(model, val, cfg: RunConfig, hook: ScoredHook | None = None) -> tuple[BpbMeter, float]:
+    """`eval_packed` with the device synchronised around the timer."""
     device = _model_device(model)
     _sync(device)
     t0 = time.perf_counter()
@@ -297,77 +244,13 @@ def _timed_eval(model, val, cfg: RunConfig, hook=None) -> tuple[BpbMeter, float]
     return meter, time.perf_counter() - t0
 
 
-def cmd_eval(args) -> int:
-    """`pgolf eval RUN_DIR [--ttt] [--peer-mode M] [--peer-k K] [--prequant] [--dump-nll FILE]`.
+def ttt_phase(model, val, cfg: RunConfig, log, prequant: bool = False, *, dump: bool = False
+              ) -> tuple[dict, dict, dict]:
+    """Score-first TTT with the configured ensemble, logged in the seed's line formats.
 
-    Always: load the artifact (or, with --prequant, the EMA weights) and run the
-    diagnostic packed eval. Without --ttt also the pre-quant diagnostic when
-    RUN/final_model.pt exists. With --ttt: score-first LoRA TTT with the config's
-    peer ensemble, logging own-only and ensemble bpb, coverage and route fraction
-    in the seed's line formats. Phases are timed separately and everything lands
-    in RUN/report.json (and RUN/eval.jsonl). A `seed`-mode ensemble is labelled
-    NON-COMPLIANT. --dump-nll: see `dump_paths` (committed NLL float32, target bytes
-    int32, stream position int64 of each target token).
+    Returns (report figures, phase seconds, per-target arrays when `dump`). The TTT result decides
+    which meter is the score; a non-compliant mode is labelled in the log and in the figures.
     """
-    from pgolf.data import load_val
-    from pgolf.report import recorded_data_dir, update_report
-    from pgolf.runlog import RunLog
-
-    init_distributed()
-    run_dir = Path(args.run_dir)
-    cfg = eval_config(args)
-    data_dir = recorded_data_dir(run_dir, getattr(args, "data", None))
-    val = load_val(data_dir, include_tail=cfg.eval.include_tail, val_docs_limit=cfg.eval.val_docs_limit,
-                   seq_len=cfg.eval.eval_seq_len)
-    prequant = bool(getattr(args, "prequant", False))
-    ttt = bool(getattr(args, "ttt", False))
-    dump_spec = getattr(args, "dump_nll", None)
-    log = RunLog(run_dir / "eval.jsonl")
-    phases: dict[str, float] = {}
-    fields: dict = {"target_tokens": val.num_targets, "target_bytes": val.target_bytes_total}
-    log.info(f"val_tokens: {val.num_targets}")
-
-    model, phases["eval_load_s"] = load_eval_model(run_dir, prequant=prequant, cfg=cfg)
-    log.info(f"Deserialize: {'load' if prequant else 'decompression'} done in {phases['eval_load_s']:.1f}s")
-    hook = _NllCollector(val.num_targets) if dump_spec and not ttt else None
-    meter, phases["eval_diagnostic_s"] = _timed_eval(model, val, cfg, hook)
-    label = "diagnostic pre-quantization post-ema" if prequant else "diagnostic quantized"
-    log.info(_diag_line(label, meter, phases["eval_diagnostic_s"]))
-    key = "prequant" if prequant else "roundtrip"
-    fields.update({f"val_bpb_{key}": meter.bpb(), f"val_loss_{key}": meter.loss()})
-
-    # The pre-quant figure goes beside the roundtrip one in every report (outside any TTT timer).
-    if not prequant and (run_dir / PREQUANT_NAME).exists():
-        fp_model, load_s = load_eval_model(run_dir, prequant=True, cfg=cfg)
-        fp_meter, phases["eval_prequant_s"] = _timed_eval(fp_model, val, cfg)
-        phases["eval_prequant_s"] += load_s
-        del fp_model
-        log.info(_diag_line("diagnostic pre-quantization post-ema", fp_meter, phases["eval_prequant_s"] - load_s))
-        fields.update(val_bpb_prequant=fp_meter.bpb(), val_loss_prequant=fp_meter.loss())
-
-    dumped: dict = {}
-    if hook is not None:
-        positions = torch.arange(1, val.num_targets + 1, dtype=torch.int64)
-        dumped = {"nll": hook.gathered().numpy(), "bytes": val.token_bytes[1:].numpy().astype("int32"),
-                  "positions": positions.numpy()}
-    if ttt:
-        fields.update(_run_ttt_phase(model, val, cfg, log, phases, prequant, dump=bool(dump_spec),
-                                     dumped=dumped))
-
-    fields["phase_seconds"] = {k: round(v, 3) for k, v in phases.items()}
-    update_report(run_dir, fields)
-    if dump_spec and is_main():
-        for p in _write_dump(dump_spec, dumped):
-            log.info(f"dump-nll: wrote {p}")
-    log.close()
-    return 0
-
-
-def _run_ttt_phase(model, val, cfg: RunConfig, log, phases: dict, prequant: bool, *, dump: bool,
-                   dumped: dict) -> dict:
-    """Score-first TTT with the configured ensemble; the seed's log lines; report fields."""
-    from pgolf.ttt.score_first import run_ttt
-
     t = cfg.ttt
     compliant = t.peer_mode != "seed"
     if not compliant:
@@ -381,9 +264,10 @@ def _run_ttt_phase(model, val, cfg: RunConfig, log, phases: dict, prequant: bool
     secs = res.phase_seconds
     if "compile_warmup_s" in secs:
         log.info(f"ttt_lora:compile warmup done ({secs['compile_warmup_s']:.1f}s)")
+    # The challenge's eval timer covers scoring and global SGD, not the compile warmup.
     timer_s = secs.get("eval_s", 0.0) + secs.get("global_sgd_s", 0.0)
-    phases.update({"ttt_compile_warmup_s": secs.get("compile_warmup_s", 0.0), "ttt_eval_s": secs.get("eval_s", 0.0),
-                   "ttt_global_sgd_s": secs.get("global_sgd_s", 0.0)})
+    phases = {"ttt_compile_warmup_s": secs.get("compile_warmup_s", 0.0), "ttt_eval_s": secs.get("eval_s", 0.0),
+              "ttt_global_sgd_s": secs.get("global_sgd_s", 0.0)}
     peers_on = t.peer_mode != "off" and t.peer_k > 1
     log.info(f"peer_ens:coverage_tokens:{res.coverage_tokens if peers_on else 0}/{res.target_tokens} "
              f"batches:{res.num_batches}")
@@ -398,7 +282,7 @@ def _run_ttt_phase(model, val, cfg: RunConfig, log, phases: dict, prequant: bool
                  "(batches smaller than peer_k are own-only); its bpb is not a full-val score")
     final = res.ensemble if peers_on and res.coverage_tokens > 0 else res.own
     label = "prequant_ttt_phased" if prequant else "quantized_ttt_phased"
-    log.info(_diag_line(label, final, timer_s))
+    log.info(diag_line(label, final, timer_s))
     log.info(f"total_eval_time:{timer_s:.1f}s")
     if not compliant:
         log.info(f"NON-COMPLIANT: the {label} figure above uses the 'seed' peer ensemble")
@@ -413,7 +297,8 @@ def _run_ttt_phase(model, val, cfg: RunConfig, log, phases: dict, prequant: bool
                                      "use peer_mode=causal")
     if prequant:  # never overwrite the artifact's scored numbers (or their labels) with an unquantized model's
         fields = {(k if k == "target_tokens" else f"{k}_prequant"): v for k, v in fields.items()}
+    dumped = {}
     if dump and res.nll_final is not None:
-        dumped.update(nll=res.nll_final.astype("float32"), nll_own=res.nll_own.astype("float32"),
+        dumped = dict(nll=res.nll_final.astype("float32"), nll_own=res.nll_own.astype("float32"),
                       bytes=res.target_bytes, positions=res.positions, score_counts=res.score_counts)
-    return fields
+    return fields, phases, dumped

@@ -40,8 +40,8 @@ import torch
 
 from pgolf.errors import DataError
 from pgolf.shards import read_header, read_shard
+from pgolf.tokenizer import BOS_ID
 
-BOS_ID = 1
 CU_BUCKET = 64
 NUM_PREFETCH = 2
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -241,13 +240,3 @@ def summary_lines(out_dir: Path, m: dict, seconds: float) -> list[str]:
         f"  dropped      {m['num_train_docs_dropped_as_val_duplicates']} train docs identical to a val doc",
         f"  took         {seconds:.1f} s",
     ]
-
-
-def cmd_prepare(args) -> int:
-    t0 = time.perf_counter()
-    out_dir = Path(args.out)
-    manifest = prepare_data(source=args.source, out_dir=out_dir, vocab_size=args.vocab_size, val_docs=args.val_docs,
-                            caseops=args.caseops, shard_tokens=args.shard_tokens, overwrite=args.overwrite,
-                            progress=True, tokenizer=args.tokenizer)
-    print("\n".join(summary_lines(out_dir, manifest, time.perf_counter() - t0)))
-    return 0

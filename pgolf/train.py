@@ -29,25 +29,26 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from pgolf import schedule
-from pgolf.checkpoint import rng_state, seed_everything, set_rng_state
+from pgolf import attention, schedule
+from pgolf.checkpoint import (load_train_state, rng_state, save_model, save_train_state, seed_everything,
+                              set_rng_state)
 from pgolf.config import RunConfig, TrainConfig
-from pgolf.data import manifest_sha256
+from pgolf.data import load_val, manifest_sha256, train_files
 from pgolf.distributed import all_reduce_max, all_reduce_sum, autocast, barrier, init_distributed, is_main
 from pgolf.errors import ConfigError, TrainingError
+from pgolf.evaluate import eval_packed
 from pgolf.loader import CU_BUCKET, CalibrationSampler, DocumentPackingLoader
+from pgolf.model import GPT
+from pgolf.optim import build_optimizers
+from pgolf.quant.calibrate import collect_hessians, save_calibration
+from pgolf.rundir import RunDir
 from pgolf.runlog import RunLog
-
-RESULT_FILES = ("checkpoint.pt", "final_model.pt", "calibration.pt", "report.json", "train.jsonl", "config.json",
-                "final_model.int6.ptz")
-"""What a run directory holds after `train` (and `quantize`); --overwrite removes exactly these."""
 
 
 # --------------------------------------------------------------------------- batch geometry
@@ -157,11 +158,13 @@ def train(cfg: RunConfig, data_dir, run_dir, resume: bool = False, *,
           stop_after_steps: int | None = None) -> dict[str, Any]:
     """Train `cfg` on DATA_DIR's shards into RUN_DIR; returns the summary (also merged into report.json).
 
+    The run directory must hold no earlier results unless `resume` (see `clear_results`).
+
     `stop_after_steps` ends the loop after that many steps with checkpoint.pt written and none of
     the end-of-run work, as if the process had been killed right after a checkpoint: the run
     continues with `resume=True`. (It is the seed's FORCE_STOP_STEP without the schedule change.)
     """
-    run_dir = Path(run_dir)
+    run_dir = RunDir(run_dir)
     saved = _resume_state(cfg, run_dir) if resume else None
     run = _Run(cfg, Path(data_dir), run_dir, resume)
     if saved is not None:
@@ -199,18 +202,16 @@ def train(cfg: RunConfig, data_dir, run_dir, resume: bool = False, *,
     return run.finish()
 
 
-def _resume_state(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+def _resume_state(cfg: RunConfig, run_dir: RunDir) -> dict[str, Any]:
     """RUN/checkpoint.pt, refused unless it was written by this config and this world size."""
-    from pgolf.checkpoint import load_train_state
-
-    path = run_dir / "checkpoint.pt"
+    path = run_dir.checkpoint
     if not path.exists():
         raise TrainingError(f"{path}: no checkpoint to resume from")
     saved = load_train_state(path)
     diff = RunConfig.from_dict(json.loads(saved["config"])).diff(cfg)
     if diff:
         raise ConfigError(f"{path}: written with a different config ({', '.join(diff)} differ); "
-                          f"resume with the run's own {run_dir / 'config.json'} or start a new run")
+                          f"resume with the run's own {run_dir.config} or start a new run")
     world_size = init_distributed().world_size
     if int(saved["world_size"]) != world_size:
         raise ConfigError(f"{path}: written by {saved['world_size']} processes, resuming with {world_size}; "
@@ -221,12 +222,7 @@ def _resume_state(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
 class _Run:
     """One training run's state: model, optimizers, loader, EMA, schedule state, clock and logs."""
 
-    def __init__(self, cfg: RunConfig, data_dir: Path, run_dir: Path, resume: bool):
-        from pgolf.data import load_val, train_files
-        from pgolf.model import GPT
-        from pgolf.optim import build_optimizers
-        from pgolf.report import write_config
-
+    def __init__(self, cfg: RunConfig, data_dir: Path, run_dir: RunDir, resume: bool):
         t_setup = time.perf_counter()
         self.cfg, self.data_dir, self.run_dir = cfg, data_dir, run_dir
         tc = cfg.train
@@ -235,10 +231,10 @@ class _Run:
         self.grad_accum = grad_accum_steps(tc, self.dist.world_size)
         self.local_tokens = local_micro_tokens(tc, self.dist.world_size, self.grad_accum)
         self.budget_s = schedule.training_budget_s(tc)
-        self.ckpt_path = run_dir / "checkpoint.pt"
+        self.ckpt_path = run_dir.checkpoint
         barrier()
-        self.log = RunLog(run_dir / "train.jsonl")
-        write_config(run_dir, cfg)
+        self.log = RunLog(run_dir.train_log)
+        run_dir.write_config(cfg)
         if self.dev.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -287,8 +283,6 @@ class _Run:
                 "looping": self.model.looping, "last_loss": self.last_loss, "rng": rng_state()}
 
     def checkpoint(self, loader_state: dict, weights: dict | None = None) -> None:
-        from pgolf.checkpoint import save_train_state
-
         state = self.state(loader_state, weights)
         if is_main():
             save_train_state(self.ckpt_path, state)
@@ -350,8 +344,6 @@ class _Run:
         self.last_loss = loss_value
 
     def validate(self, tag: str) -> dict[str, float]:
-        from pgolf.evaluate import eval_packed
-
         t = time.perf_counter()
         meter = eval_packed(self.model, self.val, self.cfg.eval)
         rec = {"val_loss": meter.loss(), "val_bpb": meter.bpb(), "seconds": time.perf_counter() - t}
@@ -361,10 +353,6 @@ class _Run:
     # -- the end --------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
         """EMA, Hessians inside the reserve, files, pre/post-EMA validation, report."""
-        from pgolf.checkpoint import save_model
-        from pgolf.quant.calibrate import save_calibration
-        from pgolf.report import update_report
-
         cfg, tc, model = self.cfg, self.cfg.train, self.model
         train_s = self.clock.elapsed_s()
         # The GPTQ reserve: EMA weights, then Hessians from training data, still on the clock.
@@ -379,8 +367,8 @@ class _Run:
                        train_s=train_s, total_s=total_s,
                        within_wallclock=tc.max_wallclock_seconds <= 0 or total_s <= tc.max_wallclock_seconds)
         if is_main():
-            save_calibration(self.run_dir / "calibration.pt", calib["hessians"], calib["act_rms"], calib["seconds"])
-            save_model(self.run_dir / "final_model.pt", model)
+            save_calibration(self.run_dir.calibration, calib["hessians"], calib["act_rms"], calib["seconds"])
+            save_model(self.run_dir.final_model, model)
         self.clock = _Clock(self.dev, train_s)  # the checkpoint records the loop's time, not the calibration
         self.checkpoint(self.loader.state(), weights=raw_weights)
 
@@ -397,7 +385,8 @@ class _Run:
             "model_params": self.model_params, "steps": self.step, "train_seconds": train_s,
             # over the whole run: a resumed run's step and elapsed time both include earlier sessions
             "tokens_per_second": self.step * tc.train_batch_tokens / max(train_s, 1e-9),
-            "val_loss": val_post["val_loss"], "val_bpb": val_post["val_bpb"], "val_bpb_pre_ema": val_pre["val_bpb"],
+            "val_loss_prequant": val_post["val_loss"], "val_bpb_prequant": val_post["val_bpb"],
+            "val_bpb_pre_ema": val_pre["val_bpb"],
             "val_loss_pre_ema": val_pre["val_loss"], "calibration_seconds": calib["seconds"],
             "final_train_loss": self.last_loss, "stopped_by": self.stopped_by,
             "data_manifest_sha256": manifest_sha256(self.data_dir), "data_dir": str(self.data_dir.resolve()),
@@ -405,7 +394,7 @@ class _Run:
                               "calibration": calib["seconds"], "train_val": val_s},
             "config": cfg.to_dict(),
         }
-        update_report(self.run_dir, summary)
+        self.run_dir.update_report(**summary)
         self.log.event("done", **{k: v for k, v in summary.items() if k not in ("config", "phase_seconds")})
         self.log.close()
         barrier()
@@ -419,8 +408,6 @@ def _compile(model: torch.nn.Module):
     fallback builds its block-diagonal mask from cu_seqlens values, which dynamo cannot trace,
     so there it is allowed to break the graph around attention.
     """
-    from pgolf import attention
-
     return torch.compile(model, dynamic=False, fullgraph=attention.IMPL == "fa3")
 
 
@@ -487,8 +474,6 @@ def _compile_warmup(cfg: RunConfig, model, forward, opt, clip_params, loader, gr
 
 def _calibrate(cfg: RunConfig, model, files, rank: int, world_size: int, local_tokens: int) -> dict[str, Any]:
     """GPTQ Hessians and activation RMS from random training windows (each rank its own shards)."""
-    from pgolf.quant.calibrate import collect_hessians
-
     t = time.perf_counter()
     seq_len = cfg.quant.calibration_seq_len or cfg.train.max_seq_len
     # The record's calibration batch is one micro-batch worth of tokens: 32 windows of 3072 per rank.
@@ -499,76 +484,17 @@ def _calibrate(cfg: RunConfig, model, files, rank: int, world_size: int, local_t
     return {"hessians": hessians, "act_rms": act_rms, "seconds": time.perf_counter() - t}
 
 
-# --------------------------------------------------------------------------- CLI
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to train over earlier results unless asked; --overwrite removes only pgolf's own files."""
-    found = [n for n in RESULT_FILES if (run_dir / n).exists()]
+def clear_results(run_dir: RunDir, resume: bool, overwrite: bool) -> None:
+    """Refuse to train over earlier results unless asked; `overwrite` removes only pgolf's own files."""
+    found = [p.name for p in run_dir.result_files() if p.exists()]
     if resume:
         if overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pick one")
         return
     if found and not overwrite:
-        raise ConfigError(f"{run_dir}: holds results of an earlier run ({', '.join(found)}); pass --resume to "
+        raise ConfigError(f"{run_dir.path}: holds results of an earlier run ({', '.join(found)}); pass --resume to "
                           f"continue it or --overwrite to start over")
     if found and is_main():
-        for n in found:
-            (run_dir / n).unlink()
+        for p in run_dir.result_files():
+            p.unlink(missing_ok=True)
     barrier()
-
-
-def config_from_args(args) -> RunConfig:
-    """--config or --preset, then --env knobs, then --set overrides, then the dedicated flags.
-
-    With --resume and no --config the base is the run's own RUN/config.json (not --preset), so
-    `pgolf train --resume --out RUN --data D` continues as it started; anything layered on top that
-    changes the config is then refused by `train` with the fields listed.
-    """
-    from pgolf.config import load_json, load_preset, parse_set_args
-    from pgolf.envknobs import config_from_env
-
-    own = Path(args.out) / "config.json"
-    if args.config:
-        cfg = load_json(args.config)
-    elif getattr(args, "resume", False) and own.exists():
-        cfg = load_json(own)
-    else:
-        cfg = load_preset(args.preset)
-    if getattr(args, "env", False):
-        cfg = config_from_env(os.environ, cfg)
-    overrides: dict[str, Any] = dict(parse_set_args(getattr(args, "set", None)))
-    if args.max_steps is not None:
-        overrides["train.iterations"] = args.max_steps
-    if args.max_seconds is not None:
-        overrides["train.max_wallclock_seconds"] = args.max_seconds
-    if args.seed is not None:
-        overrides["train.seed"] = args.seed
-    return cfg.replace(overrides) if overrides else cfg
-
-
-def cmd_train(args) -> int:
-    """`pgolf train`: resolve the config, guard the run directory, train, print a summary."""
-    from pgolf.distributed import cleanup, print0
-    from pgolf.envknobs import ignored_knobs
-
-    cfg = config_from_args(args)
-    run_dir = Path(args.out)
-    init_distributed()
-    if getattr(args, "env", False):
-        for line in ignored_knobs(os.environ):
-            print0(f"env: ignored {line}")
-    prepare_run_dir(run_dir, args.resume, args.overwrite)
-    try:
-        s = train(cfg, args.data, run_dir, resume=args.resume)
-        cap_s = cfg.train.max_wallclock_seconds
-        end_s = s["train_seconds"] + s["calibration_seconds"]
-        where = ("inside" if end_s <= cap_s else f"OUTSIDE (ends at {end_s:.1f} s)") if cap_s > 0 else "without"
-        print0(
-            f"\ntrained {cfg.preset}: {s['steps']} steps in {s['train_seconds']:.1f} s "
-            f"({s['tokens_per_second']:,.0f} tokens/s), {s['model_params']:,} parameters\n"
-            f"  val bpb {s['val_bpb']:.4f} (EMA)   {s['val_bpb_pre_ema']:.4f} (raw weights)   "
-            f"last train loss {s['final_train_loss']:.4f}\n"
-            f"  calibration {s['calibration_seconds']:.1f} s {where} the wallclock cap; wrote {run_dir}/final_model.pt, "
-            f"calibration.pt, checkpoint.pt, report.json")
-    finally:
-        cleanup()  # after the last print0: it would start a new process group
-    return 0

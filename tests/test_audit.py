@@ -16,12 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from pgolf import audit
-from pgolf.audit import FAIL, PASS, WARN, audit_paths
-from pgolf.cli import main
+from pgolf.submission import audit
+from pgolf.submission.audit import FAIL, PASS, WARN, audit_paths
+from pgolf.app.cli import main
 from pgolf.config import QuantConfig, load_preset
 from pgolf.quant.artifact import write_artifact
-from pgolf.quantize import ARTIFACT_NAME
+from pgolf.rundir import RunDir
+
+ARTIFACT_NAME = RunDir(".").artifact.name
 
 TARGETS = 1_000
 CODE_TEXT = "import lzma as L,base64 as b\n" + "x" * 3000 + "\n"
@@ -95,7 +97,7 @@ def make_record(run: Path, out: Path, *, seeds: list[int] | None = None, extra: 
                 readme: str = "# record\n") -> Path:
     """A record folder laid out as `pgolf pack` writes it (submission.json from record.build_submission)."""
     from pgolf.config import RunConfig
-    from pgolf.record import build_submission
+    from pgolf.submission.record import build_submission
 
     out.mkdir(parents=True)
     for name in ("train_gpt.py", "config.json", "report.json", "train.jsonl", "eval.jsonl"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pgolf.check import FAIL, PASS, SKIP, check_data, format_table
-from pgolf.cli import main
+from pgolf.app.cli import main
 from pgolf.shards import read_shard, shard_paths, write_shard
 from pgolf.tokenizer import file_sha256
 

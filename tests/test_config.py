@@ -65,7 +65,7 @@ def test_nest_merges_dotted_and_nested():
 
 
 def test_cli_reports_config_errors_in_one_line(capsys, tmp_path):
-    from pgolf.cli import main
+    from pgolf.app.cli import main
 
     rc = main(["train", "--data", str(tmp_path), "--preset", "nope", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pgolf.check import PASS, SKIP, check_data
-from pgolf.cli import main
+from pgolf.app.cli import main
 from pgolf.data import load_manifest, load_val
 from pgolf.download import VARIANTS, download
 from pgolf.errors import DataError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pgolf.config import load_preset
-from pgolf.envknobs import FIXED, IGNORED, MAPPED, SPECIAL, config_from_env, ignored_knobs
+from pgolf.app.envknobs import FIXED, IGNORED, MAPPED, SPECIAL, config_from_env, ignored_knobs
 from pgolf.errors import ConfigError
 
 
@@ -120,8 +120,8 @@ def test_schedule_string_is_sorted_and_completed(seed_cfg):
 
 def test_train_cli_layers_preset_env_set_and_flags(monkeypatch):
     """`pgolf train --env`: preset, then the environment, then --set, then --max-steps/--seed."""
-    from pgolf.cli import build_parser
-    from pgolf.train import config_from_args
+    from pgolf.app.cli import build_parser
+    from pgolf.app.verbs import train_config as config_from_args
 
     monkeypatch.setenv("MATRIX_LR", "0.05")
     monkeypatch.setenv("TTT_LORA_RANK", "6")

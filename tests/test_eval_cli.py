@@ -17,15 +17,22 @@ import pytest
 import torch
 
 from pgolf.checkpoint import export_record_state_dict, save_model
-from pgolf.cli import main
+from pgolf.app.cli import main
 from pgolf.config import load_preset
 from pgolf.data import load_val
-from pgolf.evaluate import ARTIFACT_NAME, dump_paths, eval_packed, load_eval_model
+from pgolf.app.verbs import dump_paths, eval_config
+from pgolf.evaluate import eval_packed, load_scored_model
 from pgolf.model import GPT
 from pgolf.quant.artifact import write_artifact
 from pgolf.quant.calibrate import collect_hessians
 from pgolf.quant.mixed import quantize_state_dict
-from pgolf.report import read_report, update_report, write_config
+from pgolf.rundir import RunDir
+
+ARTIFACT_NAME = RunDir(".").artifact.name
+
+
+def read_report(run) -> dict:
+    return RunDir(run).read_report().to_dict()
 
 DIAG = re.compile(r"^diagnostic quantized val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8} eval_time:\d+ms$", re.M)
 TTT_LINE = re.compile(r"^quantized_ttt_phased val_loss:\d+\.\d{8} val_bpb:(\d+\.\d{8}) eval_time:\d+ms$", re.M)
@@ -38,7 +45,7 @@ def run_dir(tiny_data, tmp_path_factory):
     cfg = load_preset("tiny", {"eval.val_docs_limit": 6, "ttt.phased_prefix_docs": 3, "ttt.batch_size": 3,
                                "train.compile": "off"})
     run = tmp_path_factory.mktemp("run")
-    write_config(run, cfg)
+    RunDir(run).write_config(cfg)
     model = GPT(cfg.model)
     model.set_looping(True)
     save_model(run / "final_model.pt", model)
@@ -46,28 +53,31 @@ def run_dir(tiny_data, tmp_path_factory):
     hessians, act_rms = collect_hessians(model, batches)
     qstate = quantize_state_dict(export_record_state_dict(model), hessians, act_rms, cfg.quant)
     write_artifact(run / ARTIFACT_NAME, qstate, cfg.quant)
-    update_report(run, {"data_dir": str(tiny_data)})
+    RunDir(run).update_report(data_dir=str(tiny_data))
     return run
 
 
-def test_eval_roundtrip_and_prequant(run_dir, capsys):
+def test_eval_roundtrip_scores_the_artifact_once(run_dir, capsys):
     assert main(["eval", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert DIAG.search(out)
-    assert re.search(r"^diagnostic pre-quantization post-ema val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8}", out, re.M)
+    # The EMA weights were scored by train already; eval scores only the model it loads.
+    assert "pre-quantization" not in out
     rep = read_report(run_dir)
-    for key in ("val_bpb_roundtrip", "val_bpb_prequant", "target_tokens", "target_bytes"):
+    for key in ("val_bpb_roundtrip", "target_tokens", "target_bytes"):
         assert key in rep, key
-    assert {"eval_load_s", "eval_diagnostic_s", "eval_prequant_s"} <= set(rep["phase_seconds"])
+    assert {"eval_load_s", "eval_diagnostic_s"} <= set(rep["phase_seconds"])
     # The verb's number is eval_packed on the artifact as load_eval_model rebuilds it.
     cfg = load_preset("tiny", {"eval.val_docs_limit": 6})
     val = load_val(rep["data_dir"], val_docs_limit=6)
-    model, _ = load_eval_model(run_dir)
+    model, _ = load_scored_model(RunDir(run_dir), RunDir(run_dir).read_config())
     assert rep["val_bpb_roundtrip"] == pytest.approx(eval_packed(model, val, cfg.eval).bpb(), rel=1e-9)
     assert rep["target_tokens"] == val.num_targets
     # int6 GPTQ of a random-init model stays close to it, but is not the same model.
-    assert rep["val_bpb_roundtrip"] != rep["val_bpb_prequant"]
-    assert abs(rep["val_bpb_roundtrip"] - rep["val_bpb_prequant"]) < 0.05 * rep["val_bpb_prequant"]
+    fp_model, _ = load_scored_model(RunDir(run_dir), RunDir(run_dir).read_config(), prequant=True)
+    prequant = eval_packed(fp_model, val, cfg.eval).bpb()
+    assert rep["val_bpb_roundtrip"] != prequant
+    assert abs(rep["val_bpb_roundtrip"] - prequant) < 0.05 * prequant
 
 
 def test_dump_nll_reproduces_the_reported_bpb(run_dir, tmp_path):
@@ -99,7 +109,7 @@ def test_ttt_causal_covers_every_target(run_dir, tmp_path, capsys):
     assert rep["coverage_tokens"] == rep["target_tokens"] > 0
     assert 0.0 <= rep["route_fraction"] <= 1.0
     assert float(m.group(1)) == pytest.approx(rep["val_bpb_ttt_ensemble"], abs=1e-8)
-    for key in ("val_bpb_ttt", "val_bpb_ttt_ensemble", "val_bpb_roundtrip", "val_bpb_prequant"):
+    for key in ("val_bpb_ttt", "val_bpb_ttt_ensemble", "val_bpb_roundtrip"):
         assert math.isfinite(rep[key])
     assert "diagnostic pre-quantization post-ema" in out  # computed in this very call, beside TTT
     assert {"ttt_eval_s", "ttt_global_sgd_s", "ttt_compile_warmup_s"} <= set(rep["phase_seconds"])
@@ -154,11 +164,11 @@ def test_eval_config_layers_run_config_sets_and_peer_flags(run_dir):
     from argparse import Namespace
 
     from pgolf.errors import ConfigError
-    from pgolf.evaluate import eval_config
 
     args = Namespace(run_dir=str(run_dir), set=["eval.eval_seq_len=64"], peer_mode="seed", peer_k=3, env=False)
     cfg = eval_config(args)
     assert cfg.eval.eval_seq_len == 64 and cfg.ttt.peer_mode == "seed" and cfg.ttt.peer_k == 3
     assert cfg.eval.val_docs_limit == 6  # from RUN/config.json
     with pytest.raises(ConfigError, match="eval_seq_len"):
-        eval_config(Namespace(run_dir=str(run_dir), set=["eval.eval_seq_ln=64"], peer_mode=None, peer_k=None))
+        eval_config(Namespace(run_dir=str(run_dir), set=["eval.eval_seq_ln=64"], peer_mode=None, peer_k=None,
+                              env=False))

@@ -20,11 +20,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgolf import pack, record
+from pgolf.submission import pack, record
 from pgolf.config import load_preset
 from pgolf.errors import ArtifactError
 from pgolf.quant.artifact import write_artifact
-from pgolf.quantize import ARTIFACT_NAME
+from pgolf.rundir import RunDir
+
+ARTIFACT_NAME = RunDir(".").artifact.name
 
 SITE_PACKAGES = sysconfig.get_paths()["purelib"]
 
@@ -323,7 +325,7 @@ def test_size_fails_over_a_small_cap(run_dir):
     with pytest.raises(ArtifactError, match="over the size cap"):
         pack.cmd_pack(argparse.Namespace(run_dir=str(run_dir), out=str(run_dir / "record")))
     assert not (run_dir / "record" / "train_gpt.py").exists()
-    from pgolf.cli import main
+    from pgolf.app.cli import main
 
     assert main(["size", str(run_dir)]) == 2  # the CLI: one line, exit 2
 

@@ -2,7 +2,7 @@
 
 import json
 
-from pgolf.pipeline import _same_source, summary_table
+from pgolf.app.pipeline import _same_source, summary_table
 
 
 def test_summary_table_shows_every_stage_and_flags_seed_mode():

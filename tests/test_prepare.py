@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pgolf.cli import main
+from pgolf.app.cli import main
 from pgolf.corpus import embedded_corpus
 from pgolf.data import load_manifest
 from pgolf.errors import DataError

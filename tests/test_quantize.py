@@ -17,7 +17,7 @@ from pgolf.model import GPT
 from pgolf.quant.artifact import read_header
 from pgolf.quant.calibrate import collect_hessians, save_calibration
 from pgolf.quantize import ARTIFACT_NAME, quantize_run
-from pgolf.report import read_report
+from pgolf.rundir import read_report
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_quantize_compressor_override_and_no_eval(trained_run):
 
 
 def test_cli_quantize_reports_missing_calibration(trained_run, capsys):
-    from pgolf.cli import main
+    from pgolf.app.cli import main
 
     run, _ = trained_run
     (run / "calibration.pt").unlink()

@@ -12,9 +12,9 @@ import math
 
 import pytest
 
-from pgolf.cli import main
+from pgolf.app.cli import main
 from pgolf.errors import ConfigError, DataError
-from pgolf.significance import (RECORD_NATS_PER_BPB, betainc, config_hash, decide, paired_t_test,
+from pgolf.submission.significance import (RECORD_NATS_PER_BPB, betainc, config_hash, decide, paired_t_test,
                                 read_seed_result, student_t_cdf, welch_t_test)
 
 PR2014 = [1.05740567, 1.05730104, 1.05807084]  # seeds 42, 314, 0

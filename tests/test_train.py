@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pgolf.cli import main
+from pgolf.app.cli import main
 from pgolf.config import TrainConfig, load_json, load_preset
 from pgolf.errors import ConfigError, TrainingError
 from pgolf.runlog import read_jsonl

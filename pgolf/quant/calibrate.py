@@ -30,6 +30,7 @@ from typing import Iterable
 
 import torch
 
+from pgolf.checkpoint import atomic_save
 from pgolf.distributed import autocast
 from pgolf.errors import DataError
 
@@ -120,7 +121,6 @@ def collect_hessians(model: torch.nn.Module, batches: Iterable[torch.Tensor],
 def save_calibration(path: str | os.PathLike, hessians: dict[str, torch.Tensor], act_rms: dict[str, torch.Tensor],
                      seconds: float) -> None:
     """Write RUN/calibration.pt: plain tensors and numbers, loadable with weights_only=True (atomic rename)."""
-    from pgolf.checkpoint import atomic_save
 
     atomic_save({"format": CALIBRATION_FORMAT, "version": CALIBRATION_VERSION, "seconds": float(seconds),
                  "hessians": {k: v.detach().cpu() for k, v in hessians.items()},

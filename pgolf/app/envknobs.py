@@ -24,7 +24,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, Callable, Mapping
 
-from pgolf.config import RunConfig
+from pgolf.config import RunConfig, resolve
 from pgolf.errors import ConfigError
 from pgolf.schedule import parse_seq_schedule, parse_short_chunk_steps
 
@@ -200,6 +200,11 @@ def ignored_knobs(environ: Mapping[str, str]) -> list[str]:
 
 def config_from_env(environ: Mapping[str, str], base: RunConfig) -> RunConfig:
     """`base` with every seed knob in `environ` applied (see the module docstring for the rules)."""
+    return resolve(base, env=env_overrides(environ, base))
+
+
+def env_overrides(environ: Mapping[str, str], base: RunConfig) -> dict[str, Any]:
+    """The config fields the seed knobs in `environ` set, as `config.resolve` takes them."""
     env = {k: v for k, v in environ.items() if _is_ours(k)}
     for name in env:
         _check_known(name)
@@ -218,7 +223,7 @@ def config_from_env(environ: Mapping[str, str], base: RunConfig) -> RunConfig:
                                                             env["TTT_SHORT_SCORE_FIRST_ENABLED"]):
         flat["ttt.short_chunk_steps"] = ()
     _raise_rope_length(base, flat)
-    return base.replace(flat)
+    return flat
 
 
 def _same_number(a: str, b: str) -> bool:

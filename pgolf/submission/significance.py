@@ -288,11 +288,3 @@ def format_verdict(candidate: list[SeedResult], baseline: list[SeedResult], v: V
     if any(r.config_hash is None and r.key for r in candidate + baseline):
         lines.append("NOTE: some reports carry no config, so their same-config check was skipped")
     return "\n".join(lines)
-
-
-def cmd_significance(args) -> int:
-    candidate = [read_seed_result(x) for x in args.candidate]
-    baseline = [read_seed_result(x) for x in args.baseline]
-    v = decide(candidate, baseline, args.min_delta_nats)
-    print(format_verdict(candidate, baseline, v))
-    return 0

@@ -15,6 +15,8 @@ from typing import Any
 
 from pgolf.config import RunConfig, flatten
 from pgolf.errors import DataError
+from pgolf.rundir import Report, RunDir
+from pgolf.submission.significance import config_hash
 
 _DEFAULTS = flatten(RunConfig().to_dict())
 
@@ -51,8 +53,6 @@ class RunView:
 
     @property
     def config_hash(self) -> str | None:
-        from pgolf.significance import config_hash
-
         return config_hash(self.config) if self.config else None
 
 
@@ -99,19 +99,19 @@ def cfg_get(config: dict, dotted: str) -> Any:
 
 def load_view(path: Path, kind: str) -> RunView:
     """A run directory (kind "run") or a record folder's own run (kind "record")."""
-    from pgolf.quantize import ARTIFACT_NAME
-
-    report = _read_json(path / "report.json") if (path / "report.json").exists() else {}
-    config_json = _read_json(path / "config.json") if (path / "config.json").exists() else None
+    run = RunDir(path)
+    # Through Report: reports written before a key was renamed read with today's names.
+    report = Report.from_dict(_read_json(run.report)).to_dict() if run.report.exists() else {}
+    config_json = _read_json(run.config) if run.config.exists() else None
     config = config_json if config_json is not None else report.get("config") or {}
-    artifact = path / ARTIFACT_NAME
-    if not artifact.exists() and kind == "record" and (path.parent / "report.json").exists():
-        artifact = path.parent / ARTIFACT_NAME  # pgolf run packs into RUN/record next to RUN's artifact
+    artifact = run.artifact
+    if not artifact.exists() and kind == "record" and RunDir(path.parent).report.exists():
+        artifact = RunDir(path.parent).artifact  # pgolf run packs into RUN/record next to RUN's artifact
     code = path / "train_gpt.py"
     if not code.exists() and kind == "run":
-        code = path / "record" / "train_gpt.py"  # what `pgolf run` packed from this run
+        code = run.record / "train_gpt.py"  # what `pgolf run` packed from this run
     return RunView(path=path, kind=kind, report=report, config=config, config_json=config_json,
-                   train_events=_read_jsonl(path / "train.jsonl"), eval_events=_read_jsonl(path / "eval.jsonl"),
+                   train_events=_read_jsonl(run.train_log), eval_events=_read_jsonl(run.eval_log),
                    artifact=artifact if artifact.exists() else None, code_file=code if code.exists() else None)
 
 

@@ -19,21 +19,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pgolf
 from pgolf.errors import ArtifactError
-from pgolf.pack import (LOG_SUFFIXES, RECORD_CODE_NAME, build_train_gpt, file_bytes, over_cap_message, run_files,
-                        size_breakdown)
-
-_FINAL_BPB_KEYS = ("val_bpb_ttt_ensemble", "val_bpb_ttt", "val_bpb_roundtrip")
-
+from pgolf.rundir import Report, RunDir
+from pgolf.submission.pack import (LOG_SUFFIXES, RECORD_CODE_NAME, build_train_gpt, file_bytes, over_cap_message,
+                                   run_files, size_breakdown)
 
 def final_result(report: dict) -> tuple[str, float] | None:
-    """The headline (key, bpb): the last legal stage the run reached (a non-compliant ensemble is skipped)."""
-    for key in _FINAL_BPB_KEYS:
-        if key == "val_bpb_ttt_ensemble" and report.get("peer_compliant") is False:
-            continue
-        if isinstance(report.get(key), (int, float)):
-            return key, float(report[key])
-    return None
+    """The headline (key, bpb) of a report.json's contents; `Report.headline` decides it."""
+    return Report.from_dict(report).headline()
 
 
 def _author() -> str:
@@ -67,8 +61,7 @@ def _describe(cfg) -> str:
 
 def build_submission(report: dict, cfg, sizes: dict) -> dict:
     """submission.json as the challenge's records lay it out, every value taken from the run."""
-    import pgolf
-
+    report = Report.from_dict(report).to_dict()  # today's key names, whatever version wrote it
     final = final_result(report)
     seed = cfg.train.seed
     track = ("10min_16mb" if cfg.quant.size_cap_bytes == 16_000_000 and cfg.train.max_wallclock_seconds == 600
@@ -94,8 +87,6 @@ def build_submission(report: dict, cfg, sizes: dict) -> dict:
     per_seed.update({k: report[k] for k in ("val_bpb_prequant", "val_bpb_roundtrip", "val_bpb_ttt",
                                             "val_bpb_ttt_ensemble", "steps", "train_seconds", "quant_seconds",
                                             "eval_seconds") if k in report})
-    if "val_bpb_prequant" not in per_seed and isinstance(report.get("val_bpb"), (int, float)):
-        per_seed["val_bpb_prequant"] = report["val_bpb"]  # train's own key for the EMA model
     per_seed["artifact_bytes"] = sizes["artifact_bytes"]
     sub["seed_results"] = {str(seed): per_seed}
     for k in ("val_bpb_prequant", "val_bpb_roundtrip", "peer_mode", "peer_compliant", "hardware", "device",
@@ -135,10 +126,10 @@ def build_readme(sub: dict, sizes: dict, cfg, logs: list[str]) -> str:
               "    python train_gpt.py                 # config.json's settings on ./data",
               "    python train_gpt.py --data DIR      # challenge shards (data/ layout of pgolf)", "",
               "The data directory must already be prepared (`pgolf data download` or `pgolf data prepare`: data "
-              "preparation is not part of the packed file). The run writes `run/` (logs, artifact, report.json). "
-              "The train, quantize, eval and size verbs also work, e.g. `python train_gpt.py eval run --ttt`.", "",
+              "preparation is not part of the packed file). The run writes `run/` (logs, artifact, report.json); "
+              "`--out DIR`, `--seed N` and `--set SECTION.FIELD=VALUE` change where and how.", "",
               "## Files", "",
-              "- `train_gpt.py`: the pgolf modules a record run needs, minified, compressed and wrapped",
+              "- `train_gpt.py`: the pgolf library and its record-run entry, minified, compressed and wrapped",
               "- `config.json`: the resolved configuration of this run", "- `submission.json`, `README.md`",
               "- `requirements.txt`"]
     lines += [f"- `{n}`" for n in logs]
@@ -156,8 +147,6 @@ def _requirements() -> str:
 
 def pack_record(run_dir: str | Path, out_dir: str | Path) -> dict:
     """Write the record folder; returns the size breakdown. Refuses (ArtifactError) when over the cap."""
-    from pgolf.report import read_report
-
     run, cfg, cfg_text, art = run_files(run_dir)
     code = build_train_gpt(cfg_text)
     sizes = size_breakdown(run)
@@ -174,8 +163,7 @@ def pack_record(run_dir: str | Path, out_dir: str | Path) -> dict:
         if p.is_file() and (p.suffix in LOG_SUFFIXES or p.name == "report.json"):
             shutil.copy2(p, out / p.name)
             logs.append(p.name)
-    report = read_report(run)
-    sub = build_submission(report, cfg, sizes)
+    sub = build_submission(RunDir(run).read_report().to_dict(), cfg, sizes)
     (out / "submission.json").write_text(json.dumps(sub, indent=2) + "\n")
     (out / "README.md").write_text(build_readme(sub, sizes, cfg, logs))
     return sizes

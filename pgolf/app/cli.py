@@ -1,16 +1,8 @@
 """The `pgolf` command line: argparse subcommands, one handler per verb.
 
-Handlers live in the module that owns the concern and are imported lazily, so
-`pgolf --help` stays fast and a verb only loads what it needs:
-
-    data prepare|download|check   pgolf.prepare / pgolf.download / pgolf.check
-    train                         pgolf.train
-    quantize                      pgolf.quantize
-    size, pack                    pgolf.pack
-    eval                          pgolf.evaluate
-    run                           pgolf.pipeline
-    significance                  pgolf.significance
-    audit                         pgolf.audit
+Every handler is in `pgolf.app.verbs`, except `run` (`pgolf.app.pipeline`); each
+parses nothing itself, resolves the config through `config.resolve` and calls the
+library.
 
 A `PgolfError` (bad input) prints one line `pgolf: error: ...` and exits 2,
 without a traceback; anything else is a bug and keeps its traceback.
@@ -19,15 +11,11 @@ without a traceback; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from pgolf.app import verbs
+from pgolf.app.pipeline import cmd_run
 from pgolf.errors import PgolfError
-
-
-def _handler(spec: str):
-    module, func = spec.split(":")
-    return getattr(importlib.import_module(module), func)
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -60,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard (challenge: 1e8)")
     p.add_argument("--tokenizer", default=None, help="use this SentencePiece model instead of training one")
     p.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
-    p.set_defaults(handler="pgolf.prepare:cmd_prepare")
+    p.set_defaults(handler=verbs.cmd_prepare)
 
     p = dsub.add_parser("download", help="fetch the challenge's published shards through huggingface_hub")
     p.add_argument("--variant", default="sp8192-caseops", help="sp1024 | sp8192 | sp8192-caseops")
@@ -69,12 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo-id", default=None, help="override the dataset repository")
     p.add_argument("--local-hub", default=None,
                    help="read from a local directory laid out like the hub repository (tests, mirrors)")
-    p.set_defaults(handler="pgolf.download:cmd_download")
+    p.set_defaults(handler=verbs.cmd_download)
 
     p = dsub.add_parser("check", help="verify shards, sidecars, split and manifest")
     p.add_argument("dir", help="data directory")
     p.add_argument("--tokenizer", default=None, help="tokenizer model (default: the one in the manifest)")
-    p.set_defaults(handler="pgolf.check:cmd_check")
+    p.set_defaults(handler=verbs.cmd_check)
 
     # ---- train
     p = sub.add_parser("train", help="train a model on prepared shards")
@@ -88,23 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     p.add_argument("--overwrite", action="store_true", help="start over in a run directory that has results")
     _add_overrides(p)
-    p.set_defaults(handler="pgolf.train:cmd_train")
+    p.set_defaults(handler=verbs.cmd_train)
 
     # ---- quantize / size / pack
     p = sub.add_parser("quantize", help="GPTQ + LQER + AWQ-lite, write the compressed artifact, roundtrip-eval it")
     p.add_argument("run_dir")
     p.add_argument("--compressor", default=None, help="pergroup | brotli | lzma | zstd (default: config)")
     p.add_argument("--no-eval", action="store_true", help="skip the roundtrip evaluation")
-    p.set_defaults(handler="pgolf.quantize:cmd_quantize")
+    p.set_defaults(handler=verbs.cmd_quantize)
 
     p = sub.add_parser("size", help="artifact byte breakdown against the 16,000,000-byte cap")
     p.add_argument("run_dir")
-    p.set_defaults(handler="pgolf.pack:cmd_size")
+    p.set_defaults(handler=verbs.cmd_size)
 
     p = sub.add_parser("pack", help="write a challenge record folder with a single train_gpt.py")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help="record folder to create")
-    p.set_defaults(handler="pgolf.pack:cmd_pack")
+    p.set_defaults(handler=verbs.cmd_pack)
 
     # ---- eval
     p = sub.add_parser("eval", help="evaluate a run's artifact: roundtrip bpb, score-first TTT, peer ensemble")
@@ -118,10 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write per-target NLL, bytes and positions (.npy) for audits")
     p.add_argument("--prequant", action="store_true", help="evaluate the unquantized EMA weights instead")
     _add_overrides(p)
-    p.set_defaults(handler="pgolf.evaluate:cmd_eval")
+    p.set_defaults(handler=verbs.cmd_eval)
 
     # ---- run
-    p = sub.add_parser("run", help="every stage in order: data -> train -> quantize -> pack -> TTT eval")
+    p = sub.add_parser("run", help="every stage in order: data -> train -> quantize -> TTT eval -> pack")
     p.add_argument("--source", default="embedded", help="as for `data prepare`")
     p.add_argument("--data", default=None, help="use this prepared data directory instead of preparing one")
     p.add_argument("--preset", default=None, help="default: cpu without a GPU, seed with 8 GPUs")
@@ -129,31 +117,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pack", action="store_true", help="skip writing the record folder")
     p.add_argument("--out", default="out/run", help="run directory")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--peer-mode", choices=["off", "causal", "seed"], default=None)
+    p.add_argument("--peer-mode", choices=["off", "causal", "seed"], default=None,
+                   help="peer-LoRA ensemble mode (sets ttt.peer_mode)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     _add_overrides(p)
-    p.set_defaults(handler="pgolf.pipeline:cmd_run")
+    p.set_defaults(handler=cmd_run)
 
     # ---- significance
     p = sub.add_parser("significance", help="Welch t-test of per-seed bpb against a baseline")
     p.add_argument("candidate", nargs="+", help="report.json files or bpb numbers of the candidate's seeds")
     p.add_argument("--baseline", nargs="+", required=True, help="report.json files or bpb numbers")
     p.add_argument("--min-delta-nats", type=float, default=0.005)
-    p.set_defaults(handler="pgolf.significance:cmd_significance")
+    p.set_defaults(handler=verbs.cmd_significance)
 
     # ---- audit
     p = sub.add_parser("audit", help="check runs and record folders against the rules: size, time, legality, "
                        "data, consistency, artifact")
     p.add_argument("paths", nargs="+", metavar="PATH", help="run directories and/or packed record folders")
     p.add_argument("--strict", action="store_true", help="also exit non-zero on WARN (missing evidence)")
-    p.set_defaults(handler="pgolf.audit:cmd_audit")
+    p.set_defaults(handler=verbs.cmd_audit)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        rc = _handler(args.handler)(args)
+        rc = args.handler(args)
     except PgolfError as e:
         print(f"pgolf: error: {e}", file=sys.stderr)
         return 2

@@ -35,8 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from pgolf.config import flatten
-from pgolf.audit_inputs import Check, RunView, Submission, cfg_get, load_inputs
-from pgolf.record import final_result as headline
+from pgolf.errors import ArtifactError
+from pgolf.quant.artifact import FORMAT_TAG, read_artifact
+from pgolf.submission.audit_inputs import Check, RunView, Submission, cfg_get, load_inputs
+from pgolf.submission.record import final_result as headline
+from pgolf.submission.significance import SEED_FIELDS
 
 CHALLENGE_CAP_BYTES = 16_000_000
 CHALLENGE_TRAIN_S = 600.0
@@ -320,8 +323,6 @@ def check_artifact(view: RunView) -> Check:
 @functools.lru_cache(maxsize=16)
 def _decode_artifact(path: str, size_bytes: int, mtime_ns: int) -> tuple[bool, str]:
     """Decode once per file version: a run and the record packed from it share one artifact."""
-    from pgolf.errors import ArtifactError
-    from pgolf.quant.artifact import FORMAT_TAG, read_artifact
 
     try:
         qstate = read_artifact(path)
@@ -356,12 +357,15 @@ def check_logs(view: RunView) -> list[Check]:
         else:
             found.append(f"{key} {value:.8f}")
     done = _last_event(view.train_events, "done")
-    if done is not None and _num(rep.get("val_bpb")) is not None:
-        if _num(done.get("val_bpb")) != _num(rep.get("val_bpb")):
-            checks.append(Check(FAIL, "consistency.log", who, f"report val_bpb {rep['val_bpb']} but train.jsonl's "
-                                f"done event says {done.get('val_bpb')}"))
+    prequant = _num(rep.get("val_bpb_prequant"))
+    if done is not None and prequant is not None:
+        # train.jsonl of runs made before the report key was renamed still says val_bpb
+        logged = _num(done.get("val_bpb_prequant", done.get("val_bpb")))
+        if logged != prequant:
+            checks.append(Check(FAIL, "consistency.log", who, f"report val_bpb_prequant {prequant} but "
+                                f"train.jsonl's done event says {logged}"))
         else:
-            found.append(f"val_bpb {rep['val_bpb']:.8f}")
+            found.append(f"val_bpb_prequant {prequant:.8f}")
     if not any(c.status != PASS for c in checks):
         checks.append(Check(PASS if found else WARN, "consistency.log", who,
                             ("report = logs: " + ", ".join(found)) if found else "no result lines to compare"))
@@ -504,7 +508,6 @@ def check_group(views: list[RunView], who: str) -> list[Check]:
     checks = []
     hashes = {v.config_hash for v in views}
     if None in hashes or len(hashes) > 1:
-        from pgolf.significance import SEED_FIELDS
 
         base = flatten(views[0].config)
         diffs = set()
@@ -569,11 +572,3 @@ def format_checks(checks: list[Check]) -> str:
     counts = {s: sum(c.status == s for c in checks) for s in (PASS, WARN, FAIL)}
     lines.append(f"{len(checks)} checks: {counts[PASS]} pass, {counts[WARN]} warn, {counts[FAIL]} fail")
     return "\n".join(lines)
-
-
-def cmd_audit(args) -> int:
-    """`pgolf audit PATH... [--strict]`: exit 1 on any FAIL (and on any WARN with --strict)."""
-    checks = audit_paths(args.paths)
-    print(format_checks(checks))
-    bad = {FAIL, WARN} if getattr(args, "strict", False) else {FAIL}
-    return 1 if any(c.status in bad for c in checks) else 0

@@ -1,0 +1,233 @@
+"""The verbs: each takes the parsed arguments, resolves the config once, calls the library and prints.
+
+Nothing here computes a figure: training, quantization, evaluation, data checks and
+submission tooling all live below this layer. A verb's job is the command line's
+contract: which config it runs with (`resolve_config`), which run directory it writes,
+and what a person reads at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pgolf.app import envknobs
+from pgolf.check import check_data, format_table
+from pgolf.config import RunConfig, resolve
+from pgolf.data import load_val
+from pgolf.distributed import cleanup, init_distributed, is_main, print0
+from pgolf.download import download
+from pgolf.errors import ArtifactError, DataError
+from pgolf.evaluate import NllCollector, diag_line, load_scored_model, timed_eval, ttt_phase
+from pgolf.prepare import prepare_data, summary_lines
+from pgolf.quantize import quantize_run
+from pgolf.rundir import RunDir
+from pgolf.runlog import RunLog
+from pgolf.submission import audit, pack, record, significance
+from pgolf.train import clear_results, train
+
+
+def resolve_config(args, base: RunConfig | str | Path, **flags) -> RunConfig:
+    """`base`, then the seed's env knobs (with --env), then --set, then the verb's own flags."""
+    env = None
+    if args.env:
+        base = resolve(base)
+        env = envknobs.env_overrides(os.environ, base)
+        for line in envknobs.ignored_knobs(os.environ):
+            print0(f"env: ignored {line}")
+    return resolve(base, env=env, sets=args.set, flags=flags)
+
+
+# --------------------------------------------------------------------------- data
+def cmd_prepare(args) -> int:
+    t0 = time.perf_counter()
+    out_dir = Path(args.out)
+    manifest = prepare_data(source=args.source, out_dir=out_dir, vocab_size=args.vocab_size, val_docs=args.val_docs,
+                            caseops=args.caseops, shard_tokens=args.shard_tokens, overwrite=args.overwrite,
+                            progress=True, tokenizer=args.tokenizer)
+    print("\n".join(summary_lines(out_dir, manifest, time.perf_counter() - t0)))
+    return 0
+
+
+def cmd_download(args) -> int:
+    m = download(args.variant, args.out, args.train_shards, repo_id=args.repo_id, local_hub=args.local_hub)
+    print(f"downloaded {m['source']['dataset']} from {m['source']['repo_id']} into {args.out}")
+    print(f"  val    {m['num_val_docs']:>10,} docs {m['num_val_tokens']:>14,} tokens {m['num_val_shards']} shard(s)"
+          f"  bytes: {m['byte_source']}")
+    print(f"  train  {m['num_train_docs']:>10,} docs {m['num_train_tokens']:>14,} tokens "
+          f"{m['num_train_shards']} shard(s)")
+    print(f"  tokenizer {m['tokenizer']} (vocab {m['vocab_size']}, caseops {'on' if m['caseops'] else 'off'}); "
+          f"{m['num_files_fetched']} file(s) fetched, the rest already present; {m['seconds']:.1f} s")
+    print(f"  next: pgolf data check {args.out}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    results = check_data(args.dir, tokenizer=args.tokenizer, progress=True)
+    print(format_table(results))
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise DataError(f"{len(failed)} of {len(results)} checks failed; first: {failed[0].name}: {failed[0].detail}")
+    print(f"{args.dir}: all {len(results)} checks passed")
+    return 0
+
+
+# --------------------------------------------------------------------------- train / quantize / eval
+def train_config(args) -> RunConfig:
+    """--config, or the run's own config.json with --resume, or --preset; then env, --set and the flags."""
+    own = RunDir(args.out).config
+    base = Path(args.config) if args.config else (own if args.resume and own.exists() else args.preset)
+    return resolve_config(args, base, **{"train.iterations": args.max_steps,
+                                         "train.max_wallclock_seconds": args.max_seconds, "train.seed": args.seed})
+
+
+def eval_config(args) -> RunConfig:
+    """The run's own config.json, then env, --set, --peer-mode and --peer-k."""
+    return resolve_config(args, RunDir(args.run_dir).read_config(),
+                          **{"ttt.peer_mode": args.peer_mode, "ttt.peer_k": args.peer_k})
+
+
+def cmd_train(args) -> int:
+    """`pgolf train`: resolve the config, guard the run directory, train, print a summary.
+
+    With --resume and no --config the base is the run's own config.json (not --preset), so
+    `pgolf train --resume --out RUN --data D` continues as it started; anything layered on top
+    that changes the config is then refused by `train` with the fields listed.
+    """
+    run = RunDir(args.out)
+    cfg = train_config(args)
+    init_distributed()
+    clear_results(run, args.resume, args.overwrite)
+    try:
+        s = train(cfg, args.data, run.path, resume=args.resume)
+        cap_s = cfg.train.max_wallclock_seconds
+        end_s = s["train_seconds"] + s["calibration_seconds"]
+        where = ("inside" if end_s <= cap_s else f"OUTSIDE (ends at {end_s:.1f} s)") if cap_s > 0 else "without"
+        print0(
+            f"\ntrained {cfg.preset}: {s['steps']} steps in {s['train_seconds']:.1f} s "
+            f"({s['tokens_per_second']:,.0f} tokens/s), {s['model_params']:,} parameters\n"
+            f"  val bpb {s['val_bpb_prequant']:.4f} (EMA)   {s['val_bpb_pre_ema']:.4f} (raw weights)   "
+            f"last train loss {s['final_train_loss']:.4f}\n"
+            f"  calibration {s['calibration_seconds']:.1f} s {where} the wallclock cap; wrote {run.final_model}, "
+            f"{run.calibration.name}, {run.checkpoint.name}, {run.report.name}")
+    finally:
+        cleanup()  # after the last print0: it would start a new process group
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    run = RunDir(args.run_dir)
+    cfg = resolve(run.read_config(), flags={"quant.compressor": args.compressor})
+    init_distributed()
+    quantize_run(cfg, run, code_bytes=pack.packed_code_bytes(cfg.to_json()), evaluate=not args.no_eval)
+    return 0
+
+
+def dump_paths(spec: str | Path) -> dict[str, Path]:
+    """Where --dump-nll writes: an existing directory (or one spelled with a trailing '/')
+    gets DIR/nll.npy, DIR/bytes.npy, DIR/positions.npy (+ nll_own.npy, score_counts.npy after
+    TTT); anything else is a prefix: FILE.nll.npy, FILE.bytes.npy, ... (a trailing .npy is dropped)."""
+    text = str(spec)
+    path = Path(text)
+    names = ("nll", "bytes", "positions", "nll_own", "score_counts")
+    if path.is_dir() or text.endswith(("/", "\\")):
+        return {n: path / f"{n}.npy" for n in names}
+    stem = text[:-4] if text.endswith(".npy") else text
+    return {n: Path(f"{stem}.{n}.npy") for n in names}
+
+
+def _write_dump(spec: str, arrays: dict) -> list[Path]:
+    paths = dump_paths(spec)
+    written = []
+    for name, arr in arrays.items():
+        if arr is None:
+            continue
+        paths[name].parent.mkdir(parents=True, exist_ok=True)
+        np.save(paths[name], arr)
+        written.append(paths[name])
+    return written
+
+
+def cmd_eval(args) -> int:
+    """`pgolf eval RUN_DIR [--ttt] [--peer-mode M] [--peer-k K] [--prequant] [--dump-nll FILE]`.
+
+    Always: load the artifact (or, with --prequant, the EMA weights) and run the diagnostic
+    packed eval. With --ttt: score-first LoRA TTT with the config's peer ensemble, logging
+    own-only and ensemble bpb, coverage and route fraction in the seed's line formats. Phases
+    are timed separately and everything lands in RUN/report.json (and RUN/eval.jsonl). A
+    `seed`-mode ensemble is labelled NON-COMPLIANT. --dump-nll: see `dump_paths` (committed
+    NLL float32, target bytes int32, stream position int64 of each target token).
+    """
+    init_distributed()
+    run = RunDir(args.run_dir)
+    cfg = eval_config(args)
+    val = load_val(run.data_dir(args.data), include_tail=cfg.eval.include_tail,
+                   val_docs_limit=cfg.eval.val_docs_limit, seq_len=cfg.eval.eval_seq_len)
+    log = RunLog(run.eval_log)
+    phases: dict[str, float] = {}
+    fields: dict = {"target_tokens": val.num_targets, "target_bytes": val.target_bytes_total}
+    log.info(f"val_tokens: {val.num_targets}")
+
+    model, phases["eval_load_s"] = load_scored_model(run, cfg, prequant=args.prequant)
+    log.info(f"Deserialize: {'load' if args.prequant else 'decompression'} done in {phases['eval_load_s']:.1f}s")
+    hook = NllCollector(val.num_targets) if args.dump_nll and not args.ttt else None
+    meter, phases["eval_diagnostic_s"] = timed_eval(model, val, cfg, hook)
+    label = "diagnostic pre-quantization post-ema" if args.prequant else "diagnostic quantized"
+    log.info(diag_line(label, meter, phases["eval_diagnostic_s"]))
+    key = "prequant" if args.prequant else "roundtrip"
+    fields.update({f"val_bpb_{key}": meter.bpb(), f"val_loss_{key}": meter.loss()})
+
+    dumped: dict = {}
+    if hook is not None:
+        positions = torch.arange(1, val.num_targets + 1, dtype=torch.int64)
+        dumped = {"nll": hook.gathered().numpy(), "bytes": val.token_bytes[1:].numpy().astype("int32"),
+                  "positions": positions.numpy()}
+    if args.ttt:
+        ttt_fields, ttt_phases, ttt_dumped = ttt_phase(model, val, cfg, log, args.prequant, dump=bool(args.dump_nll))
+        fields.update(ttt_fields)
+        phases.update(ttt_phases)
+        dumped.update(ttt_dumped)
+
+    run.update_report(**fields, phase_seconds={k: round(v, 3) for k, v in phases.items()})
+    if args.dump_nll and is_main():
+        for p in _write_dump(args.dump_nll, dumped):
+            log.info(f"dump-nll: wrote {p}")
+    log.close()
+    return 0
+
+
+# --------------------------------------------------------------------------- submission
+def cmd_size(args) -> int:
+    b = pack.size_breakdown(args.run_dir)
+    print(pack.format_breakdown(b))
+    if b["headroom_bytes"] < 0:
+        raise ArtifactError(pack.over_cap_message(b, str(args.run_dir)))
+    return 0
+
+
+def cmd_pack(args) -> int:
+    sizes = record.pack_record(args.run_dir, args.out)
+    print(pack.format_breakdown(sizes))
+    print(f"record folder: {args.out} ({pack.RECORD_CODE_NAME} {sizes['code_bytes']:,} bytes, "
+          f"total {sizes['artifact_bytes']:,} of {sizes['size_cap_bytes']:,})")
+    return 0
+
+
+def cmd_significance(args) -> int:
+    candidate = [significance.read_seed_result(x) for x in args.candidate]
+    baseline = [significance.read_seed_result(x) for x in args.baseline]
+    v = significance.decide(candidate, baseline, args.min_delta_nats)
+    print(significance.format_verdict(candidate, baseline, v))
+    return 0
+
+
+def cmd_audit(args) -> int:
+    """`pgolf audit PATH... [--strict]`: exit 1 on any FAIL (and on any WARN with --strict)."""
+    checks = audit.audit_paths(args.paths)
+    print(audit.format_checks(checks))
+    bad = {audit.FAIL, audit.WARN} if args.strict else {audit.FAIL}
+    return 1 if any(c.status in bad for c in checks) else 0
