@@ -20,6 +20,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pgolf.app import verbs
 from pgolf.submission import pack, record
 from pgolf.config import load_preset
 from pgolf.errors import ArtifactError
@@ -93,12 +94,10 @@ def test_train_gpt_is_a_latin1_shim_that_compiles(packed, tiny_json):
     assert raw > 5 * counted  # minify + compress really shrinks the package
 
 
-# The counted budget of train_gpt.py. Built with the tiny config it was 51,235 bytes when this bound was set
-# (59,051 with the ASCII base-123 text before; 84,546 before that: every module, locals unrenamed, base85);
-# 52,000 leaves ~1.5% for the package to grow (~4.5 KB of new source at the ~0.17 counted bytes per raw byte
-# measured) before this test asks whether the new code belongs in the packed file, and stays under the 53,000
-# that fits the seed's model (15,946,917 bytes) under the cap. The seed's wrapper was 39,907 bytes.
-PACKED_BUDGET_BYTES = 52_000
+# The packed file is the library's record-run closure (tiny config embedded): 44,590 bytes when the bundle
+# became a package boundary (51,125 with a traced module list and the CLI inside). 45,000 is the issue's
+# ceiling; the seed's wrapper was 39,907 bytes, the goal.
+PACKED_BUDGET_BYTES = 45_000
 
 
 def test_packed_file_stays_under_budget(packed):
@@ -194,34 +193,32 @@ def _pgolf_imports(source: str) -> set[str]:
     return out
 
 
-def test_bundle_covers_every_import_of_its_modules():
-    """A bundled module imports only bundled modules, or ones a packed file refuses with one line."""
-    modules, _, _ = pack.bundled_sources()
-    all_modules, _, _ = pack.package_sources()
-    assert set(modules) == set(pack.PACKED_MODULES)
-    refused = pack.left_out_verbs()
-    for name, src in modules.items():
-        named = {m for m in _pgolf_imports(src) if m in all_modules}  # `from pgolf.x import func` names no module
-        stray = named - set(modules) - set(refused) - {"pgolf.plots"}  # plotting is skipped on ImportError
+def test_bundle_is_the_entrys_import_closure():
+    """Every pgolf import of a bundled module is bundled; app/, submission/ and data tooling stay out."""
+    sources = pack.package_sources()
+    bundled = pack.bundled_modules(sources)
+    assert pack.ENTRY in bundled and "pgolf.record_run" in bundled and "pgolf.train" in bundled
+    for name in bundled:
+        stray = {m for m in _pgolf_imports(sources[name]) if m in sources} - set(bundled)
         assert not stray, f"{name} imports {sorted(stray)}, which the packed file leaves out"
-    assert refused["pgolf.prepare"] == "data prepare" and refused["pgolf.significance"] == "significance"
-    assert not set(refused) & set(modules)
-    # the packed pack.py is the bundle side only, and still compiles on its own
-    bundled_pack = modules["pgolf.pack"]
-    compile(bundled_pack, "pack.py", "exec")
-    assert "def packed_code_bytes" in bundled_pack and "def cmd_size" in bundled_pack
-    assert "def build_train_gpt" not in bundled_pack and "_BOOTSTRAP" not in bundled_pack
+    for left_out in ("pgolf.app.cli", "pgolf.app.verbs", "pgolf.app.pipeline", "pgolf.app.envknobs",
+                     "pgolf.app.plots", "pgolf.submission.pack", "pgolf.submission.audit", "pgolf.prepare",
+                     "pgolf.check", "pgolf.download", "pgolf.corpus"):
+        assert left_out in sources and left_out not in bundled, left_out
+    app_modules = [m for m in bundled if m.startswith("pgolf.app.")]
+    assert app_modules == ["pgolf.app.record_main", "pgolf.app.summary"], app_modules
+    assert not [m for m in bundled if m.startswith("pgolf.submission")]
 
 
 def test_packed_size_table_adds_up(tiny_json, packed):
     rows = pack.packed_size_rows(tiny_json)
     assert sum(r[3] for r in rows) == os.path.getsize(packed)
-    assert [r[0] for r in rows[1:-2]] == list(pack.PACKED_MODULES)
+    assert [r[0] for r in rows[1:-2]] == pack.bundled_modules()
     raw, _ = pack.packed_code_bytes(tiny_json)
-    assert sum(r[1] for r in rows) == raw - sum(len(t) for t in (pack.bundled_sources()[2]["pgolf.presets"].values()))
+    assert sum(r[1] for r in rows) == raw
     table = pack.packed_size_table(rows=rows)
     assert f"{os.path.getsize(packed):,}" in table and "pgolf.ttt.score_first" in table
-    assert "left out: " in table and "pgolf.significance" in table.split("left out: ")[1]
+    assert "left out: " in table and "pgolf.submission.significance" in table.split("left out: ")[1]
 
 
 def test_build_is_deterministic(tiny_json, packed):
@@ -236,48 +233,33 @@ def test_bare_python_cannot_import_pgolf(bare_python, tmp_path):
 
 
 def test_packed_file_is_self_contained(bare_python, packed):
-    """Every bundled module imports from the bundle alone; presets load as resources; size is the file's."""
+    """Every bundled module imports from the bundle alone; what it leaves out is not importable."""
     probe = (
         "import runpy, importlib, sys\n"
         "g = runpy.run_path('train_gpt.py', run_name='bundle')\n"
-        "import pgolf, pgolf.config, pgolf.pack\n"
+        "import pgolf, pgolf.config\n"
         "for name in sorted(g['M']): importlib.import_module(name)\n"
         "assert pgolf.__spec__.loader.__class__.__name__ == '_F', pgolf.__spec__\n"
-        "print(pgolf.config.load_preset('tiny').model.num_layers, ','.join(sorted(g['M'])))\n"
-        "print(*pgolf.pack.packed_code_bytes())\n"
-        "try:\n    import pgolf.plots\nexcept ModuleNotFoundError as e:\n    print('absent', e.name)\n"
-        "from pgolf.errors import PgolfError\n"
-        "try:\n    import pgolf.audit\nexcept ImportError as e:\n    print(isinstance(e, PgolfError), e.name, e)\n"
+        "print(','.join(sorted(g['M'])))\n"
+        "try:\n    import pgolf.app.plots\nexcept ModuleNotFoundError as e:\n    print('absent', e.name)\n"
     )
     r = _run(bare_python, ["-c", probe], packed.parent)
     assert r.returncode == 0, r.stderr[-2000:]
-    first, second, third, fourth = r.stdout.split("\n")[:4]
-    assert first.split()[0] == "4" and first.split()[1].split(",") == sorted(pack.PACKED_MODULES)
-    assert int(second.split()[1]) == os.path.getsize(packed)
-    assert third == "absent pgolf.plots"
-    # a left-out verb's module: one user-error line for the CLI, and an ImportError for optional imports
-    assert fourth == f"True pgolf.audit {pack.left_out_message('audit')}"
+    first, second = r.stdout.split("\n")[:2]
+    assert first.split(",") == pack.bundled_modules()
+    assert second == "absent pgolf.app.plots"
 
 
-def test_packed_cli_parses_run_defaults(bare_python, packed):
-    r = _run(bare_python, ["train_gpt.py", "--help"], packed.parent)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "usage: pgolf run" in r.stdout
-    r = _run(bare_python, ["train_gpt.py", "size", str(packed.parent / "nowhere")], packed.parent)
-    assert r.returncode == 2 and "pgolf: error:" in r.stderr and "Traceback" not in r.stderr
-
-
-@pytest.mark.parametrize("argv,verb", [
-    (["data", "check", "d"], "data check"),
-    (["significance", "1.0", "--baseline", "1.1"], "significance"),
-    (["pack", "run", "--out", "rec"], "pack"),
-    ([], "data prepare"),  # the default `run` without ./data would prepare the embedded corpus
-])
-def test_left_out_verb_is_one_line(bare_python, packed, tmp_path, argv, verb):
+def test_packed_file_takes_the_record_options_only(bare_python, packed, tmp_path):
     (tmp_path / "train_gpt.py").write_bytes(packed.read_bytes())
-    r = _run(bare_python, ["train_gpt.py", *argv], tmp_path)
-    assert r.returncode == 2, r.stderr[-2000:]
-    assert r.stderr == f"pgolf: error: '{verb}' is not part of the packed submission; use the pgolf package\n"
+    r = _run(bare_python, ["train_gpt.py", "--help"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "usage: train_gpt.py" in r.stdout and "--seed" in r.stdout and "--set" in r.stdout
+    r = _run(bare_python, ["train_gpt.py", "--data", "nowhere"], tmp_path)
+    assert r.returncode == 2 and r.stderr == ("pgolf: error: nowhere: data directory not found (prepare it with "
+                                              "pgolf, or pass --data DIR)\n")
+    r = _run(bare_python, ["train_gpt.py", "data", "check", "d"], tmp_path)  # verbs belong to the package
+    assert r.returncode == 2 and "unrecognized arguments" in r.stderr and "Traceback" not in r.stderr
 
 
 # --------------------------------------------------------------------------- size and pack
@@ -303,7 +285,7 @@ def run_dir(tmp_path, tiny_json) -> Path:
 
 
 def test_size_agrees_with_disk(run_dir, tiny_json, capsys):
-    assert pack.cmd_size(argparse.Namespace(run_dir=str(run_dir))) == 0
+    assert verbs.cmd_size(argparse.Namespace(run_dir=str(run_dir))) == 0
     out = capsys.readouterr().out
     b = pack.size_breakdown(run_dir)
     model = os.path.getsize(run_dir / ARTIFACT_NAME)
@@ -321,9 +303,9 @@ def test_size_fails_over_a_small_cap(run_dir):
     (run_dir / "config.json").write_text(json.dumps(cfg))
     total = pack.size_breakdown(run_dir)["artifact_bytes"]
     with pytest.raises(ArtifactError, match=f"{total:,} bytes > quant.size_cap_bytes 50,000"):
-        pack.cmd_size(argparse.Namespace(run_dir=str(run_dir)))
+        verbs.cmd_size(argparse.Namespace(run_dir=str(run_dir)))
     with pytest.raises(ArtifactError, match="over the size cap"):
-        pack.cmd_pack(argparse.Namespace(run_dir=str(run_dir), out=str(run_dir / "record")))
+        verbs.cmd_pack(argparse.Namespace(run_dir=str(run_dir), out=str(run_dir / "record")))
     assert not (run_dir / "record" / "train_gpt.py").exists()
     from pgolf.app.cli import main
 
@@ -338,7 +320,7 @@ def test_size_without_artifact_is_a_clear_error(run_dir):
 
 def test_pack_writes_record_folder(run_dir, tmp_path):
     out = tmp_path / "record"
-    assert pack.cmd_pack(argparse.Namespace(run_dir=str(run_dir), out=str(out))) == 0
+    assert verbs.cmd_pack(argparse.Namespace(run_dir=str(run_dir), out=str(out))) == 0
     names = {p.name for p in out.iterdir()}
     assert {"train_gpt.py", "README.md", "submission.json", "config.json", "train.jsonl", "report.json",
             "requirements.txt"} <= names
