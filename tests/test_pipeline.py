@@ -2,7 +2,12 @@
 
 import json
 
-from pgolf.app.pipeline import _same_source, summary_table
+from pgolf.app.cli import main
+from pgolf.app.pipeline import _same_source
+from pgolf.app.summary import summary_table
+from pgolf.model import GPT
+from pgolf.checkpoint import load_model
+from pgolf.rundir import Report, RunDir
 
 
 def test_summary_table_shows_every_stage_and_flags_seed_mode():
@@ -11,12 +16,13 @@ def test_summary_table_shows_every_stage_and_flags_seed_mode():
            "coverage_tokens": 25685, "target_tokens": 25685, "artifact_bytes": 614263, "code_bytes": 59006,
            "model_bytes": 555257, "model_params": 1217129, "steps": 167,
            "pipeline_phase_seconds": {"train": 243.9, "eval": 38.2}}
-    out = summary_table(rep)
+    out = summary_table(Report.from_dict(rep))
     for text in ("2.21810", "2.22140", "2.14820", "2.14100", "25685/25685", "614,263", "seconds: train", "243.9"):
         assert text in out
-    assert "NOT compliant" not in out
-    assert "NOT compliant" in summary_table({**rep, "peer_mode": "seed", "peer_compliant": False})
-    assert "-" in summary_table({})  # missing figures print as '-', never crash
+    assert "NON-COMPLIANT" not in out and "score (val_bpb_ttt_ensemble)" in out
+    flagged = summary_table(Report.from_dict({**rep, "peer_mode": "seed", "peer_compliant": False}))
+    assert "NON-COMPLIANT" in flagged and "score (val_bpb_ttt)" in flagged
+    assert "-" in summary_table(Report())  # missing figures print as '-', never crash
 
 
 def test_data_dir_is_reused_only_for_the_same_source_and_vocab(tmp_path):
@@ -33,3 +39,15 @@ def test_data_dir_is_reused_only_for_the_same_source_and_vocab(tmp_path):
     txt.write_text("changed\n")
     assert not _same_source(m, str(txt), 1024)
     json.dumps(m)  # manifests are plain JSON
+
+
+def test_run_with_env_trains_what_the_environment_says(tiny_data, tmp_path, monkeypatch):
+    """`NUM_LAYERS=5 pgolf run --env` trains 5 layers (tiny has 4): the pipeline resolves the config like every verb."""
+    monkeypatch.setenv("NUM_LAYERS", "5")
+    run = RunDir(tmp_path / "run")
+    rc = main(["run", "--preset", "tiny", "--data", str(tiny_data), "--out", str(run.path), "--env", "--no-pack",
+               "--set", "train.iterations=2", "--set", "eval.val_docs_limit=4", "--set", "ttt.enabled=false"])
+    assert rc == 0
+    assert run.read_config().model.num_layers == 5
+    assert load_model(run.final_model).cfg.num_layers == 5
+    assert run.read_report().model_params == sum(p.numel() for p in GPT(run.read_config().model).parameters())

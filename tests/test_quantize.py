@@ -16,8 +16,22 @@ from pgolf.evaluate import eval_packed
 from pgolf.model import GPT
 from pgolf.quant.artifact import read_header
 from pgolf.quant.calibrate import collect_hessians, save_calibration
-from pgolf.quantize import ARTIFACT_NAME, quantize_run
-from pgolf.rundir import read_report
+from pgolf.quantize import quantize_run
+from pgolf.rundir import RunDir
+
+ARTIFACT_NAME = RunDir(".").artifact.name
+CODE_BYTES = (1000, 100)  # what the caller says it submits; quantize only adds it up
+
+
+def _quantize(run, compressor=None, **kw):
+    cfg = RunDir(run).read_config()
+    if compressor:
+        cfg = cfg.replace({"quant.compressor": compressor})
+    return quantize_run(cfg, RunDir(run), code_bytes=CODE_BYTES, **kw)[0]
+
+
+def read_report(run) -> dict:
+    return RunDir(run).read_report().to_dict()
 
 
 @pytest.fixture
@@ -40,16 +54,16 @@ def trained_run(tmp_path, tiny_data):
     val = load_val(tiny_data, include_tail=cfg.eval.include_tail, val_docs_limit=cfg.eval.val_docs_limit,
                    seq_len=cfg.eval.eval_seq_len)
     prequant = eval_packed(model, val, cfg.eval).bpb()
-    (run / "report.json").write_text(json.dumps({"data_dir": str(tiny_data), "val_bpb": prequant}))
+    (run / "report.json").write_text(json.dumps({"data_dir": str(tiny_data), "val_bpb_prequant": prequant}))
     return run, prequant
 
 
 def test_quantize_roundtrip_from_disk(trained_run):
     run, prequant = trained_run
-    fields = quantize_run(run)
+    fields = _quantize(run)
     art = run / ARTIFACT_NAME
     assert fields["model_bytes"] == os.path.getsize(art)
-    assert fields["artifact_bytes"] == fields["model_bytes"] + fields["code_bytes"]
+    assert fields["artifact_bytes"] == fields["model_bytes"] + fields["code_bytes"] == fields["model_bytes"] + 100
     assert read_header(art)["compressor"] == "pergroup"
     # int6/int7 GPTQ on a small random model moves bpb only a little, and never to garbage.
     assert math.isfinite(fields["val_bpb_roundtrip"])
@@ -67,7 +81,7 @@ def test_quantize_roundtrip_from_disk(trained_run):
 
 def test_quantize_compressor_override_and_no_eval(trained_run):
     run, _ = trained_run
-    fields = quantize_run(run, compressor="zstd", evaluate=False)
+    fields = _quantize(run, compressor="zstd", evaluate=False)
     assert "val_bpb_roundtrip" not in fields
     hdr = read_header(run / ARTIFACT_NAME)
     assert hdr["compressor"] == "zstd" and [s["name"] for s in hdr["streams"]] == ["tensors"]
