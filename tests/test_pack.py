@@ -368,7 +368,7 @@ def test_packed_file_reproduces_the_package(bare_python, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     a = json.loads((pkg / "run" / "report.json").read_text())
     b = json.loads((rec / "run" / "report.json").read_text())
-    for key in ("val_bpb", "val_bpb_roundtrip", "val_bpb_ttt", "val_bpb_ttt_ensemble", "model_bytes", "steps",
+    for key in ("val_bpb_prequant", "val_bpb_roundtrip", "val_bpb_ttt", "val_bpb_ttt_ensemble", "model_bytes", "steps",
                 "coverage_tokens"):
         assert key in a and a[key] == b[key], key
     assert b["code_bytes"] == os.path.getsize(rec / "train_gpt.py")

@@ -112,11 +112,11 @@ def test_run_directory_holds_every_result(golden_run, tiny_data):
     from pgolf.checkpoint import load_model, load_train_state
 
     rep = json.loads((golden_run / "report.json").read_text())
-    for key in ("model_params", "steps", "train_seconds", "val_bpb", "val_bpb_pre_ema", "tokens_per_second",
+    for key in ("model_params", "steps", "train_seconds", "val_bpb_prequant", "val_bpb_pre_ema", "tokens_per_second",
                 "calibration_seconds", "data_manifest_sha256", "phase_seconds", "config"):
         assert key in rep, key
     assert rep["steps"] == GOLDEN_STEPS and rep["config"]["train"]["iterations"] == GOLDEN_STEPS
-    assert 0 < rep["val_bpb"] < 10 and rep["tokens_per_second"] > 0
+    assert 0 < rep["val_bpb_prequant"] < 10 and rep["tokens_per_second"] > 0
     model = load_model(golden_run / "final_model.pt")
     assert sum(p.numel() for p in model.parameters()) == rep["model_params"]
     calib = torch.load(golden_run / "calibration.pt", weights_only=True)  # plain tensors: no code unpickled
@@ -183,9 +183,10 @@ def test_run_dir_with_results_needs_resume_or_overwrite(golden_run, tiny_data, t
     argv = ["train", "--preset", "tiny", "--data", str(tiny_data), "--out", str(run_dir)]
     assert main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
-    from pgolf.train import prepare_run_dir
+    from pgolf.rundir import RunDir
+    from pgolf.train import clear_results
 
-    prepare_run_dir(run_dir, resume=False, overwrite=True)
+    clear_results(RunDir(run_dir), resume=False, overwrite=True)
     assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt"]
 
 
@@ -198,11 +199,11 @@ def test_wallclock_cap_stops_the_loop_and_calibration_still_runs(tiny_data, tmp_
 
 
 def test_periodic_checkpoints_and_validation(tiny_data, tmp_path, monkeypatch):
-    import pgolf.checkpoint
+    import pgolf.train
 
     saved_steps = []
-    real = pgolf.checkpoint.save_train_state
-    monkeypatch.setattr(pgolf.checkpoint, "save_train_state",
+    real = pgolf.train.save_train_state
+    monkeypatch.setattr(pgolf.train, "save_train_state",
                         lambda path, state: (saved_steps.append(state["step"]), real(path, state)))
     cfg = load_preset("tiny", {"train.checkpoint_every": 2, "train.val_loss_every": 2, "train.iterations": 5,
                                "eval.val_docs_limit": 4})
