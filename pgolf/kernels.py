@@ -41,11 +41,14 @@ def triton_available(*tensors: torch.Tensor) -> bool:
 
 
 def _resolve(use_triton: bool | None, *tensors: torch.Tensor) -> bool:
+    """None: decide from the tensors. An explicit choice skips the module lookup, so a caller
+    that decided once (outside a torch.compile region, where a module lookup may break the graph)
+    pays nothing."""
     if use_triton is None:
         return triton_available(*tensors)
-    if use_triton and not triton_available(*tensors):
+    if use_triton and os.environ.get("TRITON_INTERPRET", "0") != "1" and not all(t.is_cuda for t in tensors):
         raise RuntimeError("use_triton=True, but Triton cannot run here "
-                           "(needs triton installed and CUDA tensors, or TRITON_INTERPRET=1)")
+                           "(needs CUDA tensors, or TRITON_INTERPRET=1 for the CPU interpreter)")
     return use_triton
 
 

@@ -327,7 +327,6 @@ class SoftcappedCrossEntropy(torch.autograd.Function):
             )
         ctx.save_for_backward(logits, targets, caps, lse)
         ctx.ignore_index = ignore_index
-        ctx.caps_are_tensors = (isinstance(cap_pos, torch.Tensor), isinstance(cap_neg, torch.Tensor))
         return losses
 
     @staticmethod
