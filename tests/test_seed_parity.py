@@ -74,3 +74,108 @@ def test_init_weights_of_seed_42_are_the_seeds():
     assert set(sd) == set(fx["tensors"])
     bad = _mismatches(sd, fx["tensors"])
     assert not bad, f"{len(bad)}/{len(sd)} tensors differ:\n" + "\n".join(bad)
+
+
+# ----------------------------------------------------------------------------- (c) per-group layout
+def test_similarity_order_breaks_ties_like_the_seed():
+    """Exact: the L1 nearest-neighbour row order of every sorted role matrix equals the seed's.
+
+    The inputs hold only -1/0/1 in few columns, so exact L1 ties happen at most hops; the
+    seed takes the lowest original row index among them.
+    """
+    from pgolf.quant.pergroup import similarity_order_l1
+
+    fx = _fixture("pergroup.json")
+    q = sf.pergroup_inputs()
+    _same_inputs(fx, sf.digest_many(q.values()))
+    bad = [name for name, order in fx["orders"].items()
+           if similarity_order_l1(q[name].numpy()).tolist() != order]
+    assert not bad, f"row orders differ from the seed's for {bad}"
+
+
+def test_group_streams_and_perms_are_the_seeds():
+    """Exact: the 7 raw (pre-coder) group streams and the permutation bytes equal the seed's."""
+    import hashlib
+
+    from pgolf.quant.pergroup import split_groups
+
+    fx = _fixture("pergroup.json")
+    q = sf.pergroup_inputs()
+    _same_inputs(fx, sf.digest_many(q.values()))
+    split = split_groups(q, simsort=True)
+    for seed_key, want in fx["groups"].items():
+        key = seed_key.lstrip("_").replace(".weight", "")  # _tok_emb.weight.q -> tok_emb.q
+        got = split.groups.get(key, b"")
+        assert (len(got), hashlib.sha256(got).hexdigest()) == (want["len"], want["sha256"]), seed_key
+    assert split.perm_dtype == "uint16"
+    assert (len(split.perms), hashlib.sha256(split.perms).hexdigest()) == (fx["perms_len"], fx["perms_sha256"])
+
+
+# ----------------------------------------------------------------------------- (b) GPTQ, AWQ-lite, LQER
+def _seed_quant():
+    fx = _fixture("gptq.json")
+    arrays = _fixture("gptq.npz")
+    want = {}
+    for k in arrays.files:
+        a = torch.from_numpy(arrays[k].copy())
+        want[k] = a.view(torch.float16) if fx["dtypes"][k] == "float16" else a
+    return fx, want
+
+
+def _compare_qstate(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> list[str]:
+    bad = []
+    for k, w in want.items():
+        if k.endswith((".awqg_start", ".awqg_size")):
+            continue  # pgolf keeps these in the meta (checked separately)
+        g = got.get(k)
+        if g is None or g.dtype != w.dtype or g.shape != w.shape or not torch.equal(g, w):
+            n = "missing" if g is None else int((g.float() != w.float()).sum())
+            bad.append(f"{k}: {n} of {w.numel()} differ")
+    return bad
+
+
+def test_mixed_quantization_is_the_seeds():
+    """Exact: every tensor of gptq_mixed_quantize (GPTQ symbols and fp16 scales, the AWQ-lite group and
+    s_hi, the LQER INT2/INT4 factors and scales, the int8 gate, the fp16 passthrough) and each category."""
+    from pgolf.config import QuantConfig
+    from pgolf.quant.mixed import quantize_state_dict
+
+    fx, want = _seed_quant()
+    sd, hess, rms = sf.gptq_inputs()
+    _same_inputs(fx, sf.digest_many([*sd.values(), *hess.values(), *rms.values()]))
+    qs = quantize_state_dict(sd, hess, rms, QuantConfig())
+    bad = _compare_qstate(qs["tensors"], want)
+    assert not bad, "\n".join(bad)
+    assert set(qs["tensors"]) == {k for k in want if not k.endswith((".awqg_start", ".awqg_size"))}
+    entries = qs["meta"]["entries"]
+    # The seed logs the gate path as "gate_int8_row", pgolf as "gate int8/row": only the label differs.
+    seed_categories = {k: v.replace("gate_int8_row", "gate int8/row") for k, v in fx["meta"].items()}
+    assert {k: e["category"] for k, e in entries.items()} == seed_categories
+    for name, e in entries.items():
+        if e["awq"]:
+            assert e["awq"]["starts"] == want[name + ".awqg_start"].tolist()
+            assert e["awq"]["group_size"] == int(want[name + ".awqg_size"])
+
+
+def test_float64_factorization_departs_from_the_seed():
+    """The fixture can tell the two factorizations apart: in float64, the 128x768 matrix's symbols differ
+    from the seed's (its H is ill-conditioned enough), while the float32 default matched above."""
+    from pgolf.quant.gptq import gptq_quantize
+
+    _, want = _seed_quant()
+    sd, hess, _ = sf.gptq_inputs()
+    name = "blocks.0.mlp.proj.weight"
+    W, H = sd["blocks.0.attn.c_q.weight"], hess["blocks.0.attn.c_q.weight"]
+    assert torch.equal(gptq_quantize(W, H, 6, 13.0).q, want["blocks.0.attn.c_q.weight.q"])  # no AWQ, no LQER
+    W, H = sd[name], hess[name]
+    q32 = gptq_quantize(W, H, 6, 11.5, protected_cols=_awq_mask(want, name), factor_dtype=torch.float32).q
+    q64 = gptq_quantize(W, H, 6, 11.5, protected_cols=_awq_mask(want, name), factor_dtype=torch.float64).q
+    assert torch.equal(q32, want[name + ".q"])
+    assert int((q64 != want[name + ".q"]).sum()) > 0
+
+
+def _awq_mask(want, name):
+    from pgolf.quant.gptq import group_mask
+
+    starts = want[name + ".awqg_start"].tolist()
+    return group_mask(starts, int(want[name + ".awqg_size"]), want[name + ".q"].shape[1])

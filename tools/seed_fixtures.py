@@ -178,7 +178,7 @@ def gptq_inputs() -> tuple[dict, dict, dict]:
     """
     g = torch.Generator().manual_seed(2139)
     shapes = {"tok_emb.weight": (544, 128), "blocks.0.attn.c_q.weight": (520, 128),
-              "blocks.0.mlp.fc.weight": (528, 128), "blocks.0.mlp.proj.weight": (264, 256)}
+              "blocks.0.mlp.fc.weight": (528, 128), "blocks.0.mlp.proj.weight": (128, 768)}
     sd, hess, rms = {}, {}, {}
     for name, (rows, cols) in shapes.items():
         M = torch.randn(cols, cols, generator=g) * torch.linspace(1, 0.01, cols)[None, :]
