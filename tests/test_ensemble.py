@@ -7,15 +7,16 @@ import math
 import pytest
 import torch
 
-from pgolf.ttt.ensemble import (PeerPool, blend_nll, blended_distribution, causal_peer_ids, max_entropy_nats,
-                                seed_block_spans, seed_peer_ids)
+from pgolf.ttt.causal_ensemble import PeerPool, causal_peer_ids
+from pgolf.ttt.ensemble import blend_nll, blended_distribution, max_entropy_nats
+from pgolf.ttt.pr2139_ensemble import pr2139_block_spans, pr2139_peer_ids
 from pgolf.ttt.lora import FrozenLoRA
 from pgolf.ttt.score_first import build_queue, run_ttt, synthetic_val
 from test_ttt_score_first import DOC_TARGETS, fresh_model, small_cfg
 
 
-def test_seed_peer_draw_follows_2139():
-    ids = seed_peer_ids(bsz=6, k=4, peer_seed=42, batch_idx=7)
+def test_pr2139_peer_draw_follows_2139():
+    ids = pr2139_peer_ids(bsz=6, k=4, peer_seed=42, batch_idx=7)
     assert ids.shape == (6, 3)
     g = torch.Generator().manual_seed(42 * 1013 + 7)
     for row in range(6):
@@ -23,10 +24,10 @@ def test_seed_peer_draw_follows_2139():
         expect = [others[j] for j in torch.randperm(5, generator=g)[:3].tolist()]
         assert ids[row].tolist() == expect
         assert row not in expect and len(set(expect)) == 3
-    assert torch.equal(ids, seed_peer_ids(6, 4, 42, 7))
-    assert not torch.equal(ids, seed_peer_ids(6, 4, 42, 8))
-    big = seed_peer_ids(2, 2, 2**31, 5)  # the seed is masked to 31 bits
-    assert torch.equal(big, seed_peer_ids(2, 2, 0, 5))
+    assert torch.equal(ids, pr2139_peer_ids(6, 4, 42, 7))
+    assert not torch.equal(ids, pr2139_peer_ids(6, 4, 42, 8))
+    big = pr2139_peer_ids(2, 2, 2**31, 5)  # the seed is masked to 31 bits
+    assert torch.equal(big, pr2139_peer_ids(2, 2, 0, 5))
 
 
 def test_causal_peer_draw_stays_in_the_pool():
@@ -58,8 +59,8 @@ def test_peer_pool_keeps_the_newest_snapshots_with_enough_docs():
     assert one.num_docs == 0
 
 
-def test_seed_block_spans_do_not_overlap():
-    assert seed_block_spans(7, 3) == [(0, 0, 3), (3, 3, 6), (6, 6, 7)]
+def test_pr2139_block_spans_do_not_overlap():
+    assert pr2139_block_spans(7, 3) == [(0, 0, 3), (3, 3, 6), (6, 6, 7)]
 
 
 def test_blend_routes_on_own_entropy_only():
@@ -110,7 +111,7 @@ def _run(tiny_cfg, val, **ttt):
     return run_ttt(fresh_model(cfg), val, cfg, dump=True)
 
 
-@pytest.mark.parametrize("mode", ["causal", "seed"])
+@pytest.mark.parametrize("mode", ["causal", "pr2139"])
 def test_k1_or_high_threshold_reproduces_own_only_exactly(tiny_cfg, val, mode):
     off = _run(tiny_cfg, val)
     for kw in ({"peer_k": 1}, {"peer_k": 3, "peer_conf_threshold": max_entropy_nats(512) + 0.01}):
@@ -140,9 +141,9 @@ def test_causal_blends_after_the_first_batch_with_full_coverage(tiny_cfg, val):
     assert res.ensemble.sum_nats == pytest.approx(res.nll_final.sum(), rel=1e-9)
 
 
-def test_seed_mode_is_flagged_and_excludes_small_batches(tiny_cfg, val):
-    res = _run(tiny_cfg, val, peer_mode="seed", peer_k=3, peer_conf_threshold=0.0)
-    assert not res.compliant and res.report_fields()["ttt_compliant"] is False
+def test_pr2139_mode_is_flagged_and_excludes_small_batches(tiny_cfg, val):
+    res = _run(tiny_cfg, val, peer_mode="pr2139", peer_k=3, peer_conf_threshold=0.0)
+    assert not res.compliant and res.headline() == ("own", res.own)
     queue = build_queue(val.docs, 3)
     covered = sum(d.pred_len for b in queue if len(b.docs) >= 3 for d in b.docs)
     assert covered < val.num_targets  # the 2-doc batch is silently dropped by #2139; reported here
