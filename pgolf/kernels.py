@@ -74,7 +74,7 @@ def mlp_leaky_relu_sq(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
         return mlp_leaky_relu_sq_reference(x, w_up, w_down)
     from pgolf import triton_kernels
 
-    # An autograd.Function is invisible to autocast, so do its casting here: the matmuls
+    # Autocast does not reach into a custom op, so do its casting here: the matmuls
     # (and so the stored pre/post and the output) take the autocast dtype, as eager F.linear
     # would; the .to() casts carry the gradients back to the fp32 parameters.
     device_type = x.device.type
@@ -83,7 +83,7 @@ def mlp_leaky_relu_sq(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
     else:
         dtype = x.dtype
     with torch.autocast(device_type, enabled=False):
-        return triton_kernels.MLPLeakyReluSq.apply(x.to(dtype), w_up.to(dtype), w_down.to(dtype))
+        return triton_kernels.mlp_leaky_relu_sq(x.to(dtype), w_up.to(dtype), w_down.to(dtype))
 
 
 # ---------------------------------------------------------------- softcapped CE
@@ -129,7 +129,7 @@ def softcapped_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
     from pgolf import triton_kernels
 
     cap_neg = cap if cap_neg is None else cap_neg
-    losses = triton_kernels.SoftcappedCrossEntropy.apply(logits, targets, cap, cap_neg, ignore_index)
+    losses = triton_kernels.softcapped_ce_losses(logits, targets, cap, cap_neg, ignore_index)
     if reduction == "none":
         return losses
     if reduction == "sum":

@@ -170,35 +170,74 @@ def linear_leaky_relu_sq_backward(grad_out2d: torch.Tensor, w_down: torch.Tensor
     return dpre
 
 
-class MLPLeakyReluSq(torch.autograd.Function):
-    """out = leaky_relu(x @ w_up^T, 0.5)^2 @ w_down^T; x [..., dim], w_up [hidden, dim], w_down [dim_out, hidden].
+def _mlp_forward_impl(x2d: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor):
+    if not (x2d.dtype == w_up.dtype == w_down.dtype):
+        raise TypeError(f"dtypes differ: x {x2d.dtype}, w_up {w_up.dtype}, w_down {w_down.dtype}")
+    pre, post = linear_leaky_relu_sq(x2d, w_up)
+    return F.linear(post, w_down), pre, post
 
-    All three inputs must share one dtype (fp32, bf16 or fp16); the caller resolves autocast.
+
+def _mlp_forward_fake(x2d, w_up, w_down):
+    rows, hidden = x2d.shape[0], w_up.shape[0]
+    return x2d.new_empty((rows, w_down.shape[0])), x2d.new_empty((rows, hidden)), x2d.new_empty((rows, hidden))
+
+
+def _mlp_backward_impl(grad_out, x2d, w_up, w_down, pre, post, need_x: bool, need_up: bool, need_down: bool):
+    g = grad_out.to(x2d.dtype)
+    # A gradient nobody asked for comes back empty (a custom op cannot return None).
+    dw_down = g.t() @ post if need_down else x2d.new_empty(0)
+    dx, dw_up = x2d.new_empty(0), x2d.new_empty(0)
+    if need_x or need_up:
+        dpre = linear_leaky_relu_sq_backward(g, w_down, pre)
+        if need_up:
+            dw_up = dpre.t() @ x2d
+        if need_x:
+            dx = dpre @ w_up
+    return dx, dw_up, dw_down
+
+
+def _mlp_backward_fake(grad_out, x2d, w_up, w_down, pre, post, need_x, need_up, need_down):
+    return (x2d.new_empty(x2d.shape if need_x else (0,)), x2d.new_empty(w_up.shape if need_up else (0,)),
+            x2d.new_empty(w_down.shape if need_down else (0,)))
+
+
+# Custom ops rather than a bare autograd.Function: torch.compile(fullgraph=True) then sees
+# each kernel launch as one opaque node with a fake implementation for shapes, as it does
+# for FlashAttention. Schemas are explicit so nothing depends on type annotations.
+_mlp_forward_op = torch.library.custom_op(
+    "pgolf::mlp_leaky_relu_sq", _mlp_forward_impl, mutates_args=(),
+    schema="(Tensor x, Tensor w_up, Tensor w_down) -> (Tensor, Tensor, Tensor)")
+_mlp_forward_op.register_fake(_mlp_forward_fake)
+_mlp_backward_op = torch.library.custom_op(
+    "pgolf::mlp_leaky_relu_sq_backward", _mlp_backward_impl, mutates_args=(),
+    schema="(Tensor grad_out, Tensor x, Tensor w_up, Tensor w_down, Tensor pre, Tensor post, "
+           "bool need_x, bool need_up, bool need_down) -> (Tensor, Tensor, Tensor)")
+_mlp_backward_op.register_fake(_mlp_backward_fake)
+
+
+def _mlp_setup_context(ctx, inputs, output):
+    _, pre, post = output
+    ctx.save_for_backward(*inputs, pre, post)
+
+
+def _mlp_backward(ctx, grad_out, _grad_pre, _grad_post):
+    # pre and post are outputs only so the forward's values can be saved; nothing downstream uses them.
+    need = ctx.needs_input_grad
+    grads = _mlp_backward_op(grad_out, *ctx.saved_tensors, *need)
+    return tuple(g if n else None for g, n in zip(grads, need))
+
+
+_mlp_forward_op.register_autograd(_mlp_backward, setup_context=_mlp_setup_context)
+
+
+def mlp_leaky_relu_sq(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+    """leaky_relu(x @ w_up^T, 0.5)^2 @ w_down^T, differentiable; x [..., dim], w_up [hidden, dim], w_down [dim_out, hidden].
+
+    All three must share one dtype (fp32, bf16 or fp16): the caller resolves autocast. Saves
+    x, both weights, pre and post for the backward (what eager autograd saves, too).
     """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
-        if not (x.dtype == w_up.dtype == w_down.dtype):
-            raise TypeError(f"dtypes differ: x {x.dtype}, w_up {w_up.dtype}, w_down {w_down.dtype}")
-        x2d = x.reshape(-1, x.shape[-1])
-        pre, post = linear_leaky_relu_sq(x2d, w_up)
-        out = F.linear(post, w_down)
-        ctx.save_for_backward(x2d, w_up, w_down, pre, post)
-        ctx.x_shape = x.shape
-        return out.reshape(*x.shape[:-1], out.shape[-1])
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        x2d, w_up, w_down, pre, post = ctx.saved_tensors
-        g2d = grad_out.reshape(-1, grad_out.shape[-1]).to(x2d.dtype)
-        need_x, need_up, need_down = ctx.needs_input_grad
-        dw_down = g2d.t() @ post if need_down else None
-        dx = dw_up = None
-        if need_x or need_up:
-            dpre = linear_leaky_relu_sq_backward(g2d, w_down, pre)
-            dw_up = dpre.t() @ x2d if need_up else None
-            dx = (dpre @ w_up).reshape(ctx.x_shape) if need_x else None
-        return dx, dw_up, dw_down
+    out, _, _ = _mlp_forward_op(x.reshape(-1, x.shape[-1]), w_up, w_down)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 # ---------------------------------------------------------------- softcapped CE
@@ -296,57 +335,86 @@ def _ce_config() -> dict:
 
 
 def _caps_tensor(cap_pos, cap_neg, device) -> torch.Tensor:
-    """[cap_pos, cap_neg] as an fp32 device tensor; built on device so a parameter cap costs no host sync."""
+    """[cap_pos, cap_neg] as fp32 on `device`, differentiable in tensor caps; built on device, so a
+    parameter cap costs no host sync."""
     def as_t(c):
         if isinstance(c, torch.Tensor):
-            return c.detach().to(device=device, dtype=torch.float32).reshape(())
+            return c.to(device=device, dtype=torch.float32).reshape(())
         return torch.full((), float(c), device=device, dtype=torch.float32)
     return torch.stack((as_t(cap_pos), as_t(cap_neg)))
 
 
-class SoftcappedCrossEntropy(torch.autograd.Function):
+def _ce_forward_impl(logits: torch.Tensor, targets: torch.Tensor, caps: torch.Tensor, ignore_index: int):
+    if logits.ndim != 2 or targets.shape != logits.shape[:1]:
+        raise ValueError(f"expected logits [N, V] and targets [N], got {tuple(logits.shape)} and {tuple(targets.shape)}")
+    n_rows, n_cols = logits.shape
+    losses = torch.empty(n_rows, device=logits.device, dtype=torch.float32)
+    lse = torch.empty_like(losses)
+    if n_rows:
+        _softcapped_ce_fwd_kernel[(n_rows,)](
+            logits, targets, caps, losses, lse,
+            n_cols, logits.stride(0), logits.stride(1), ignore_index, **_ce_config(),
+        )
+    return losses, lse
+
+
+def _ce_forward_fake(logits, targets, caps, ignore_index):
+    return logits.new_empty(logits.shape[:1], dtype=torch.float32), logits.new_empty(logits.shape[:1], dtype=torch.float32)
+
+
+def _ce_backward_impl(grad_losses, logits, targets, caps, lse, ignore_index: int, need_caps: bool):
+    n_rows, n_cols = logits.shape
+    grad_logits = torch.empty_like(logits)
+    # Per-row partial cap gradients, summed here: a deterministic reduction, no atomics.
+    row_cap_grads = torch.zeros((n_rows if need_caps else 0, 2), device=logits.device, dtype=torch.float32)
+    if n_rows:
+        _softcapped_ce_bwd_kernel[(n_rows,)](
+            logits, targets, caps, lse, grad_losses, grad_logits, row_cap_grads,
+            n_cols, logits.stride(0), logits.stride(1), grad_logits.stride(0), grad_logits.stride(1),
+            grad_losses.stride(0), ignore_index, CAP_GRAD=need_caps, INTERPRET=_interpreting(),
+            **_ce_config(),
+        )
+    return grad_logits, row_cap_grads.sum(dim=0) if need_caps else caps.new_empty(0)
+
+
+def _ce_backward_fake(grad_losses, logits, targets, caps, lse, ignore_index, need_caps):
+    return torch.empty_like(logits), caps.new_empty((2,) if need_caps else (0,))
+
+
+_ce_forward_op = torch.library.custom_op(
+    "pgolf::softcapped_ce", _ce_forward_impl, mutates_args=(),
+    schema="(Tensor logits, Tensor targets, Tensor caps, int ignore_index) -> (Tensor, Tensor)")
+_ce_forward_op.register_fake(_ce_forward_fake)
+_ce_backward_op = torch.library.custom_op(
+    "pgolf::softcapped_ce_backward", _ce_backward_impl, mutates_args=(),
+    schema="(Tensor grad_losses, Tensor logits, Tensor targets, Tensor caps, Tensor lse, int ignore_index, "
+           "bool need_caps) -> (Tensor, Tensor)")
+_ce_backward_op.register_fake(_ce_backward_fake)
+
+
+def _ce_setup_context(ctx, inputs, output):
+    logits, targets, caps, ignore_index = inputs
+    ctx.save_for_backward(logits, targets, caps, output[1])
+    ctx.ignore_index = ignore_index
+
+
+def _ce_backward(ctx, grad_losses, _grad_lse):
+    logits, targets, caps, lse = ctx.saved_tensors
+    need_logits, _, need_caps, _ = ctx.needs_input_grad
+    grad_logits, grad_caps = _ce_backward_op(grad_losses, logits, targets, caps, lse, ctx.ignore_index, need_caps)
+    return (grad_logits if need_logits else None), None, (grad_caps if need_caps else None), None
+
+
+_ce_forward_op.register_autograd(_ce_backward, setup_context=_ce_setup_context)
+
+
+def softcapped_ce_losses(logits: torch.Tensor, targets: torch.Tensor, cap_pos, cap_neg,
+                         ignore_index: int = -100) -> torch.Tensor:
     """Per-row NLL of softmax(softcap(logits)) at `targets`, fp32 [N]; logits [N, V] in any float dtype.
 
     softcap(z) = c * tanh(z / c) with c = cap_pos where z > 0 and cap_neg elsewhere (pass the
     same cap twice for the symmetric softcap). Caps are floats or 0-dim tensors; tensor caps
     get gradients. Rows whose target equals `ignore_index` score 0 and get no gradient.
     """
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, cap_pos, cap_neg, ignore_index: int = -100):
-        if logits.ndim != 2 or targets.ndim != 1 or targets.shape[0] != logits.shape[0]:
-            raise ValueError(f"expected logits [N, V] and targets [N], got {tuple(logits.shape)} and {tuple(targets.shape)}")
-        n_rows, n_cols = logits.shape
-        caps = _caps_tensor(cap_pos, cap_neg, logits.device)
-        losses = torch.empty(n_rows, device=logits.device, dtype=torch.float32)
-        lse = torch.empty_like(losses)
-        if n_rows:
-            _softcapped_ce_fwd_kernel[(n_rows,)](
-                logits, targets, caps, losses, lse,
-                n_cols, logits.stride(0), logits.stride(1), ignore_index, **_ce_config(),
-            )
-        ctx.save_for_backward(logits, targets, caps, lse)
-        ctx.ignore_index = ignore_index
-        return losses
-
-    @staticmethod
-    def backward(ctx, grad_losses: torch.Tensor):
-        logits, targets, caps, lse = ctx.saved_tensors
-        n_rows, n_cols = logits.shape
-        need_logits, _, need_pos, need_neg, _ = ctx.needs_input_grad
-        cap_grad = need_pos or need_neg
-        grad_logits = torch.empty_like(logits)
-        grad_caps = torch.zeros((n_rows, 2), device=logits.device, dtype=torch.float32) if cap_grad else lse
-        if n_rows:
-            _softcapped_ce_bwd_kernel[(n_rows,)](
-                logits, targets, caps, lse, grad_losses, grad_logits, grad_caps,
-                n_cols, logits.stride(0), logits.stride(1), grad_logits.stride(0), grad_logits.stride(1),
-                grad_losses.stride(0), ctx.ignore_index, CAP_GRAD=cap_grad, INTERPRET=_interpreting(),
-                **_ce_config(),
-            )
-        d_pos = d_neg = None
-        if cap_grad:
-            total = grad_caps.sum(dim=0)
-            d_pos = total[0] if need_pos else None
-            d_neg = total[1] if need_neg else None
-        return (grad_logits if need_logits else None), None, d_pos, d_neg, None
+    losses, _ = _ce_forward_op(logits, targets, _caps_tensor(cap_pos, cap_neg, logits.device), ignore_index)
+    return losses
