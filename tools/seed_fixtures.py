@@ -63,7 +63,7 @@ TTT_CASES = {
     "sgd_p2": dict(peer_k=3, prefix_docs=2),
     "sgd_p6": dict(peer_k=3, prefix_docs=6),
 }
-TTT_LR, TTT_WD, TTT_THRESH, GLOBAL_LR, GLOBAL_CHUNK = 0.01, 0.25, 5.0, 0.05, 128
+TTT_LR, TTT_WD, TTT_THRESH, GLOBAL_LR, GLOBAL_CHUNK = 0.01, 0.25, 5.55, 0.05, 128
 TTT_DOC_LENGTHS = [5, 9, 12, 20, 33, 47, 60, 64, 70, 90, 110, 150, 30, 14, 8, 201, 65, 3]
 
 TRAIN_STEPS = 3
@@ -133,7 +133,7 @@ def model_weights(model_cfg) -> dict[str, torch.Tensor]:
         t = init[name]
         noise = torch.randn(t.shape, generator=g)
         if name == "tok_emb.weight":
-            out[name] = noise * 0.1
+            out[name] = noise * 0.15
         elif t.ndim == 2 and t.shape[1] >= 16:
             scale = 1.0 if any(k in name for k in ("c_q", "c_k", "c_v", "mlp.fc")) else 0.3
             out[name] = noise * (scale / math.sqrt(t.shape[1]))
