@@ -67,8 +67,9 @@ def mlp_leaky_relu_sq(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
                       use_triton: bool | None = None) -> torch.Tensor:
     """`mlp_leaky_relu_sq_reference`, fused when possible (use_triton None = decide from the tensors).
 
-    The fused path keeps `pre = up(x)` and `post = leaky(pre)^2` for the backward (the same
-    memory as eager autograd), but never materializes the activation as a separate pass.
+    The fused path computes the activation in the up-projection's epilogue and its derivative
+    in the epilogue of the backward's `grad_out @ w_down`, so neither is a separate pass over
+    the hidden activations; it keeps `pre = up(x)` and `post = leaky(pre)^2` for the backward.
     """
     if not _resolve(use_triton, x, w_up, w_down):
         return mlp_leaky_relu_sq_reference(x, w_up, w_down)

@@ -1,4 +1,4 @@
-"""Triton kernels for the two fused training ops, each behind a `torch.autograd.Function`.
+"""Triton kernels for the two fused training ops, each a differentiable `torch.library` custom op.
 
 1. LeakyReLU(0.5)^2 MLP, `down(leaky_relu(up(x), 0.5) ** 2)`. One tiled-matmul kernel
    computes `pre = x @ w_up^T` and applies the activation in its epilogue, writing both
@@ -13,6 +13,10 @@
    keeps an online log-sum-exp, so the softcapped logits are never written. Only the
    per-row LSE is saved; the backward recomputes the softcap and writes the logit
    gradient, plus per-row partial gradients of the two caps when they need one.
+
+Entry points: `mlp_leaky_relu_sq(x, w_up, w_down)` and `softcapped_ce_losses(logits,
+targets, cap_pos, cap_neg, ignore_index)`; both have a registered backward, so autograd
+and torch.compile treat them like built-in ops.
 
 This module imports `triton` at import time: load it only through `pgolf.kernels`,
 which checks that Triton is importable first. Under `TRITON_INTERPRET=1` (set before
@@ -133,8 +137,8 @@ def _matmul_config(dtype: torch.dtype) -> dict:
 
 
 def _input_precision(dtype: torch.dtype) -> str:
-    # fp32 operands follow torch's matmul setting (the record turns TF32 on), so the
-    # kernel rounds exactly like the cuBLAS matmul it replaces.
+    # fp32 operands follow torch's matmul setting (the record turns TF32 on), so the fused
+    # matmul uses the same precision as the eager F.linear it replaces.
     if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 and not _interpreting():
         return "tf32"
     return "ieee"
@@ -234,7 +238,8 @@ def mlp_leaky_relu_sq(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor)
     """leaky_relu(x @ w_up^T, 0.5)^2 @ w_down^T, differentiable; x [..., dim], w_up [hidden, dim], w_down [dim_out, hidden].
 
     All three must share one dtype (fp32, bf16 or fp16): the caller resolves autocast. Saves
-    x, both weights, pre and post for the backward (what eager autograd saves, too).
+    x, both weights, pre and post for the backward: one hidden-sized tensor less than eager
+    autograd, which also keeps leaky(pre) for the square's backward.
     """
     out, _, _ = _mlp_forward_op(x.reshape(-1, x.shape[-1]), w_up, w_down)
     return out.reshape(*x.shape[:-1], out.shape[-1])
@@ -416,5 +421,7 @@ def softcapped_ce_losses(logits: torch.Tensor, targets: torch.Tensor, cap_pos, c
     same cap twice for the symmetric softcap). Caps are floats or 0-dim tensors; tensor caps
     get gradients. Rows whose target equals `ignore_index` score 0 and get no gradient.
     """
+    # The kernels index targets as a dense vector; a strided view would be read wrong.
+    targets = targets.contiguous()
     losses, _ = _ce_forward_op(logits, targets, _caps_tensor(cap_pos, cap_neg, logits.device), ignore_index)
     return losses

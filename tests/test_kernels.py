@@ -125,6 +125,17 @@ def run_cases(device: str) -> dict:
     caps = (_cap(30.0, device),)
     report["ce_fp32_sum_one_tensor_cap"] = _compare(_ce_run(fused_ce, logits, targets, up, caps, "sum"),
                                                     _ce_run(ref_ce, logits, targets, up, caps, "sum"), FP32_TOL)
+    # Strided views (transposed logits, every other target, a transposed w_down) are read through their strides.
+    g = torch.Generator().manual_seed(7)
+    logits_vt = (20 * torch.randn(100, 37, generator=g)).to(device).requires_grad_()
+    targets_2x = torch.randint(0, 100, (74,), generator=g).to(device)[::2]
+    report["ce_fp32_none_strided"] = _compare(_ce_run(fused_ce, logits_vt.t(), targets_2x, up, (30.0,), "none"),
+                                              _ce_run(ref_ce, logits_vt.t(), targets_2x, up, (30.0,), "none"),
+                                              FP32_TOL)
+    x, w_up, _, grad_out = _mlp_inputs(device, seed=8)
+    w_down_t = (torch.randn(80, 40, generator=g) / 80 ** 0.5).to(device).requires_grad_()
+    report["mlp_fp32_strided"] = _compare(_mlp_run(fused_mlp, x[:, ::2], w_up, w_down_t.t(), grad_out[:, ::2]),
+                                          _mlp_run(ref_mlp, x[:, ::2], w_up, w_down_t.t(), grad_out[:, ::2]), FP32_TOL)
     # bf16 logits (the head's output under autocast) go in without an fp32 copy; the loss is fp32.
     logits, targets, up = _ce_inputs(device, dtype=torch.bfloat16, seed=4)
     report["ce_bf16_mean_cap30"] = _compare(_ce_run(fused_ce, logits, targets, up, (30.0,), "mean"),
@@ -170,7 +181,8 @@ def run_compiled_case(device: str) -> dict:
 
 
 PARITY_CASES = ["mlp_fp32", "mlp_fp32_weight_grads_only", "mlp_bf16_autocast", "ce_fp32_mean_cap30",
-                "ce_fp32_none_asym_tensor_caps", "ce_fp32_sum_one_tensor_cap", "ce_bf16_mean_cap30"]
+                "ce_fp32_none_asym_tensor_caps", "ce_fp32_sum_one_tensor_cap", "ce_fp32_none_strided", "mlp_fp32_strided",
+                "ce_bf16_mean_cap30"]
 CONTROL_CASES = ["control_mlp_wrong_slope", "control_ce_wrong_cap"]
 
 
