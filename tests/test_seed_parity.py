@@ -262,3 +262,47 @@ def test_ttt_global_sgd_after_two_batches_is_the_seeds(seed_lora_a):
     (batch index, position) and cut to the boundary, pgolf the first six in queue order."""
     kw, res = _pg_ttt("sgd_p6")
     _check_ttt("sgd_p6", kw, res)
+
+
+# ----------------------------------------------------------------------------- (d) training steps
+def test_first_training_steps_are_the_seeds():
+    """Exact, every tensor after each of 3 steps, and each loss: fp32 model with looping on, packed
+    batches, grad clip 0.3, Muon (Polar Express, Nesterov, MuonEq-R, WD) and the two AdamWs.
+
+    pgolf is run with the optimizer settings it uses on CUDA, which are the seed's: bf16 Muon work
+    dtype and fused AdamW. Its CPU default (fp32 Polar Express) is a deliberate departure that moves
+    34 of 51 tensors already at the first step.
+    """
+    from pgolf.checkpoint import import_record_state_dict, unbank_state_dict
+    from pgolf.optim import build_optimizers
+
+    fx = _fixture("train.json")
+    cfg = sf.pg_config()
+    flat = sf.model_weights(cfg.model)
+    batches = sf.train_batches(cfg.model.vocab_size)
+    _same_inputs(fx, sf.digest_many([*flat.values(), *(t for b in batches for t in b)]))
+    tc = cfg.train
+    assert fx["hparams"] == {"matrix_lr": tc.matrix_lr, "scalar_lr": tc.scalar_lr, "tied_embed_lr": tc.tied_embed_lr,
+                             "muon_wd": tc.muon_wd, "adam_wd": tc.adam_wd, "embed_wd": tc.embed_wd,
+                             "grad_clip_norm": tc.grad_clip_norm, "muon_backend_steps": tc.muon_backend_steps}
+    model = import_record_state_dict(flat, cfg.model)
+    model.set_looping(True)
+    model.train()
+    opt = build_optimizers(model, tc)
+    opt.muon._work_dtype = torch.bfloat16
+    for adam in (opt.adam_embed, opt.adam_scalar):
+        for group in adam.param_groups:
+            group["fused"], group["foreach"] = True, None
+    params = [p for p in model.parameters() if p.requires_grad]
+    for step, (x, y, cu) in enumerate(batches):
+        hp = sf.train_hparams(step)
+        loss = model(x, y, cu_seqlens=cu, max_seqlen=sf.TRAIN_SEQ)
+        loss.backward()
+        opt.set_muon_momentum(hp["muon_momentum"])
+        opt.set_lr_scale(hp["lr_scale"])
+        torch.nn.utils.clip_grad_norm_(params, tc.grad_clip_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        assert float(loss.detach()) == fx["losses"][step], f"step {step} loss"
+        bad = _mismatches(unbank_state_dict(model.state_dict(), cfg.model), fx["steps"][step])
+        assert not bad, f"after step {step}, {len(bad)} tensors differ:\n" + "\n".join(bad)

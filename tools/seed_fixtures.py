@@ -336,14 +336,11 @@ def fixture_train(seed_cpu, m, h) -> None:
                     group["lr"] = group["base_lr"] * hp["lr_scale"]
             torch.nn.utils.clip_grad_norm_(clip_params, h.grad_clip_norm)
             opts.step(distributed=False)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             flat_now = m._unbank_state_dict(model.state_dict(), h.num_layers)
             steps.append({k: summary(v) for k, v in flat_now.items()})
     finally:
         torch.cuda.Stream, torch.cuda.current_stream, torch.cuda.stream = saved
-    final = m._unbank_state_dict(model.state_dict(), h.num_layers)
-    np.savez_compressed(FIXTURES / "train_final.npz", **{k: v.float().numpy() for k, v in final.items()
-                                                         if v.numel() <= 4096})
     out = {"inputs_sha256": digest_many([*flat.values(), *(t for b in train_batches(h.vocab_size) for t in b)]),
            "losses": losses, "steps": steps,
            "hparams": {"matrix_lr": h.matrix_lr, "scalar_lr": h.scalar_lr, "tied_embed_lr": h.tied_embed_lr,
