@@ -235,7 +235,9 @@ _mlp_forward_op.register_autograd(_mlp_backward, setup_context=_mlp_setup_contex
 
 
 def mlp_leaky_relu_sq(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
-    """leaky_relu(x @ w_up^T, 0.5)^2 @ w_down^T, differentiable; x [..., dim], w_up [hidden, dim], w_down [dim_out, hidden].
+    """leaky_relu(x @ w_up^T, 0.5)^2 @ w_down^T, differentiable.
+
+    Shapes: x [..., dim], w_up [hidden, dim], w_down [dim_out, hidden].
 
     All three must share one dtype (fp32, bf16 or fp16): the caller resolves autocast. Saves
     x, both weights, pre and post for the backward: one hidden-sized tensor less than eager
@@ -351,7 +353,8 @@ def _caps_tensor(cap_pos, cap_neg, device) -> torch.Tensor:
 
 def _ce_forward_impl(logits: torch.Tensor, targets: torch.Tensor, caps: torch.Tensor, ignore_index: int):
     if logits.ndim != 2 or targets.shape != logits.shape[:1]:
-        raise ValueError(f"expected logits [N, V] and targets [N], got {tuple(logits.shape)} and {tuple(targets.shape)}")
+        raise ValueError(f"expected logits [N, V] and targets [N], "
+                         f"got {tuple(logits.shape)} and {tuple(targets.shape)}")
     n_rows, n_cols = logits.shape
     losses = torch.empty(n_rows, device=logits.device, dtype=torch.float32)
     lse = torch.empty_like(losses)
@@ -364,7 +367,8 @@ def _ce_forward_impl(logits: torch.Tensor, targets: torch.Tensor, caps: torch.Te
 
 
 def _ce_forward_fake(logits, targets, caps, ignore_index):
-    return logits.new_empty(logits.shape[:1], dtype=torch.float32), logits.new_empty(logits.shape[:1], dtype=torch.float32)
+    rows = logits.shape[:1]
+    return logits.new_empty(rows, dtype=torch.float32), logits.new_empty(rows, dtype=torch.float32)
 
 
 def _ce_backward_impl(grad_losses, logits, targets, caps, lse, ignore_index: int, need_caps: bool):

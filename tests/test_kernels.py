@@ -52,8 +52,8 @@ def _mlp_inputs(device, requires_x=True, seed=0):
 
 
 def _mlp_run(fn, x, w_up, w_down, grad_out, autocast_dtype=None):
-    ctx = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else torch.autocast(x.device.type, enabled=False)
-    with ctx:
+    on = autocast_dtype is not None
+    with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=on):
         out = fn(x, w_up, w_down)
     wrt = [t for t in (x, w_up, w_down) if t.requires_grad]
     grads = torch.autograd.grad(out, wrt, grad_out)
@@ -181,8 +181,8 @@ def run_compiled_case(device: str) -> dict:
 
 
 PARITY_CASES = ["mlp_fp32", "mlp_fp32_weight_grads_only", "mlp_bf16_autocast", "ce_fp32_mean_cap30",
-                "ce_fp32_none_asym_tensor_caps", "ce_fp32_sum_one_tensor_cap", "ce_fp32_none_strided", "mlp_fp32_strided",
-                "ce_bf16_mean_cap30"]
+                "ce_fp32_none_asym_tensor_caps", "ce_fp32_sum_one_tensor_cap", "ce_fp32_none_strided",
+                "mlp_fp32_strided", "ce_bf16_mean_cap30"]
 CONTROL_CASES = ["control_mlp_wrong_slope", "control_ce_wrong_cap"]
 
 
@@ -273,7 +273,8 @@ def test_ce_reference_is_the_model_loss(reduction):
     seen = {}
     with model.observe(lambda name, t: seen.__setitem__(name, t)):
         want = model(ids, targets, reduction=reduction)
-    z = torch.nn.functional.linear(seen["tok_emb.weight"], model.tok_emb.weight).float().reshape(-1, model.cfg.vocab_size)
+    z = torch.nn.functional.linear(seen["tok_emb.weight"], model.tok_emb.weight).float()
+    z = z.reshape(-1, model.cfg.vocab_size)
     caps = (model.cfg.logit_softcap,) if reduction == "mean" else (model.softcap_pos, model.softcap_neg)
     got = kernels.softcapped_cross_entropy_reference(z, targets.reshape(-1), *caps, reduction=reduction)
     torch.testing.assert_close(got.reshape(want.shape), want, rtol=0, atol=0)
