@@ -11,7 +11,7 @@ small arrays. `tests/test_seed_parity.py` compares pgolf against them without
 the seed.
 
     .venv/bin/python tools/seed_fixtures.py --seed-script /tmp/seedwork/seed_train_gpt.py \\
-        --harness /tmp/seedwork [--only init,gptq,pergroup,train,ttt]
+        --harness /tmp/seedwork [--only init,gptq,pergroup,train,ttt,bf16]
 
 Everything here that builds an input (weights, Hessians, documents, batches)
 is also imported by the test, so both sides start from the same tensors; each
@@ -350,6 +350,38 @@ def fixture_train(seed_cpu, m, h) -> None:
     print("train losses:", losses)
 
 
+def eval_rows() -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) [2, 128]: the first 257 tokens of the TTT stream as two rows (documents cross rows and BOS)."""
+    tokens, _ = ttt_docs()
+    t = tokens[:257]
+    return torch.stack([t[:128], t[128:256]]), torch.stack([t[1:129], t[129:257]])
+
+
+def row_nll(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                             reduction="none").reshape(y.shape)
+
+
+def fixture_bf16(seed_cpu, m, h) -> None:
+    """Per-token NLL of the seed's forward_logits in fp32, and under its CUDA dtype policy emulated on CPU:
+    GPT(h).bfloat16() + restore_fp32_params (tok_emb stays bf16), bf16 autocast, bf16 logits."""
+    flat = model_weights(pg_config().model)
+    x, y = eval_rows()
+    model = seed_model_from(seed_cpu, m, h, flat, loop=True).eval()
+    with torch.no_grad():
+        nll32 = row_nll(model.forward_logits(x), y)
+        model = model.bfloat16()
+        m.restore_fp32_params(model)
+        assert model.tok_emb.weight.dtype == torch.bfloat16
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model.forward_logits(x)
+        nll16 = row_nll(logits, y)
+    np.savez_compressed(FIXTURES / "bf16.npz", nll_fp32=nll32.numpy(), nll_bf16=nll16.numpy(),
+                        logits_dtype=np.array(str(logits.dtype)))
+    (FIXTURES / "bf16.json").write_text(json.dumps({"inputs_sha256": digest_many([*flat.values(), x, y])}) + "\n")
+    print("bf16: mean |bf16 - fp32|", float((nll16 - nll32).abs().mean()))
+
+
 def _seed_ttt_run(seed_cpu, m, h, flat, tokens, tbytes, peer_k: int, prefix_docs: int) -> dict:
     """The seed's eval_val_ttt_phased with per-token NLL capture (own score and final ensemble score)."""
     from types import SimpleNamespace
@@ -446,7 +478,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed-script", required=True, type=Path, help="the seed's train_gpt.py (PR #2139)")
     ap.add_argument("--harness", required=True, type=Path, help="folder holding seed_cpu.py")
-    ap.add_argument("--only", default="init,gptq,pergroup,train,ttt")
+    ap.add_argument("--only", default="init,gptq,pergroup,train,ttt,bf16")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     FIXTURES.mkdir(parents=True, exist_ok=True)
@@ -462,6 +494,8 @@ def main(argv=None) -> int:
         fixture_train(seed_cpu, m, h)
     if "ttt" in only:
         fixture_ttt(seed_cpu, m, h)
+    if "bf16" in only:
+        fixture_bf16(seed_cpu, m, h)
     return 0
 
 
