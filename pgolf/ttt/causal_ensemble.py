@@ -75,9 +75,9 @@ class CausalEnsemble:
     compliant = True
     covers_every_target = True
 
-    def __init__(self, cfg: TTTConfig, sink: ScoreSink):
-        self.cfg, self.sink = cfg, sink
-        self.k = cfg.peer_k
+    def __init__(self, ttt: TTTConfig, sink: ScoreSink):
+        self.ttt, self.sink = ttt, sink
+        self.k = ttt.peer_k
         self.peers_on = self.k > 1
         self.pool = PeerPool(self.k)
         self.peer_prob: torch.Tensor | None = None
@@ -91,8 +91,9 @@ class CausalEnsemble:
         if self.peer_prob is None:  # nothing finished before this batch: own-only, still a committed score
             self.sink.commit_ensemble(w, nll, None)
             return
-        pp = self.peer_prob[torch.tensor(rows)[:, None], w.tpos].to(self.sink.device)
-        self.sink.commit_ensemble(w, *blend_nll(nll, pp, entropy, self.cfg.peer_conf_threshold, self.cfg.peer_blend_w))
+        t = self.ttt
+        pp = self.peer_prob[torch.tensor(rows)[:, None], w.tpos].to(self.sink.device)  # [n, S] for w's targets
+        self.sink.commit_ensemble(w, *blend_nll(nll, pp, entropy, t.peer_conf_threshold, t.peer_blend_w))
 
     def after_batch(self, batch: TTTBatch, lora: BatchedLoRA) -> None:
         # Only now are this batch's adapters final: they become peers of the batches this rank takes next.
@@ -113,7 +114,7 @@ class CausalEnsemble:
         (targets of the first eval_seq_len//C chunks all see the doc from its
         start, so one forward covers them; later chunks use their own window).
         """
-        t, docs = self.cfg, batch.docs
+        t, docs = self.ttt, batch.docs
         pool = self.pool.adapters()
         ids = causal_peer_ids(len(docs), pool.num_docs, self.k, t.peer_seed, batch.batch_idx)
         ncs = [num_chunks(d.pred_len, chunk) for d in docs]

@@ -19,7 +19,7 @@ class OwnOnly:
     covers_every_target = True
     peers_on = False
 
-    def __init__(self, cfg: TTTConfig, sink: ScoreSink):
+    def __init__(self, ttt: TTTConfig, sink: ScoreSink):
         self.sink = sink
 
     def before_batch(self, batch: TTTBatch, chunk: int) -> bool:

@@ -11,6 +11,6 @@ from pgolf.ttt.pr2139_ensemble import PR2139Ensemble
 PEER_MODES: dict[str, type] = {"off": OwnOnly, "causal": CausalEnsemble, "pr2139": PR2139Ensemble}
 
 
-def make_ensemble(cfg: TTTConfig, sink: ScoreSink) -> Ensemble:
-    """The ensemble of `cfg.peer_mode`, scoring through `sink` (the score-first loop of one `run_ttt` call)."""
-    return PEER_MODES[cfg.peer_mode](cfg, sink)
+def make_ensemble(ttt: TTTConfig, sink: ScoreSink) -> Ensemble:
+    """The ensemble of `ttt.peer_mode`, scoring through `sink` (the score-first loop of one `run_ttt` call)."""
+    return PEER_MODES[ttt.peer_mode](ttt, sink)

@@ -43,9 +43,9 @@ class PR2139Ensemble:
     compliant = False
     covers_every_target = False
 
-    def __init__(self, cfg: TTTConfig, sink: ScoreSink):
-        self.cfg, self.sink = cfg, sink
-        self.k = cfg.peer_k
+    def __init__(self, ttt: TTTConfig, sink: ScoreSink):
+        self.ttt, self.sink = ttt, sink
+        self.k = ttt.peer_k
         self.peers_on = self.k > 1
         self.own_stash: torch.Tensor | None = None
         """Own NLL of each target of the current batch [bsz, max_pred]; None: the batch is not ensembled."""
@@ -82,7 +82,7 @@ class PR2139Ensemble:
 
     def rescore_batch(self, batch: TTTBatch, lora: BatchedLoRA) -> None:
         """Re-score the batch with in-batch peers in non-overlapping windows, blend with the stash, commit."""
-        t, docs, bsz = self.cfg, batch.docs, len(batch.docs)
+        t, docs, bsz = self.ttt, batch.docs, len(batch.docs)
         dev = self.sink.device
         ids = pr2139_peer_ids(bsz, self.k, t.peer_seed, batch.batch_idx)
         spans = [pr2139_block_spans(d.pred_len, t.eval_seq_len) for d in docs]

@@ -251,7 +251,7 @@ class _Run:
             w = build_windows(self.tokens, sub, [chunk_span(ci, d.pred_len, chunk, t.eval_seq_len) for d in sub])
             # Activation row i must use adapter row rows[i] once finished docs have dropped out.
             lora.peer_index = None if len(rows) == bsz else torch.tensor(rows, device=self.device)
-            with torch.set_grad_enabled(bool(train_rows)):
+            with torch.set_grad_enabled(bool(train_rows)):  # no graph when no row of the chunk trains
                 nll, entropy = score_windows(self.fwd, lora, w, self.device, self.autocast,
                                              want_entropy=want_entropy)
             nll_d = nll.detach()
@@ -269,8 +269,8 @@ class _Run:
                     loss.backward()
                     opt.step()
                     self.trace_update(sub, w, train_rows)
-            del nll
-        lora.peer_index = None
+            del nll  # frees this chunk's graph before the next forward
+        lora.peer_index = None  # the batch's final adapters, unrouted, for the ensemble and the next batch
         self.ensemble.after_batch(batch, lora)
 
 
