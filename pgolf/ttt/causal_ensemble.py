@@ -80,8 +80,8 @@ class CausalEnsemble:
         self.k = ttt.peer_k
         self.peers_on = self.k > 1
         self.pool = PeerPool(self.k)
+        # Mean peer probability of each target of the current batch [bsz, max_pred]; None: an own-only batch.
         self.peer_prob: torch.Tensor | None = None
-        """Mean peer probability of each target of the current batch [bsz, max_pred]; None: own-only batch."""
 
     def before_batch(self, batch: TTTBatch, chunk: int) -> bool:
         self.peer_prob = self.peer_probs(batch, chunk) if self.peers_on and self.pool.num_docs > 0 else None

@@ -47,12 +47,12 @@ class PR2139Ensemble:
         self.ttt, self.sink = ttt, sink
         self.k = ttt.peer_k
         self.peers_on = self.k > 1
+        # Own NLL and own entropy of each target of the current batch [bsz, max_pred]; None: not ensembled.
         self.own_stash: torch.Tensor | None = None
-        """Own NLL of each target of the current batch [bsz, max_pred]; None: the batch is not ensembled."""
         self.entropy_stash: torch.Tensor | None = None
 
     def before_batch(self, batch: TTTBatch, chunk: int) -> bool:
-        if not (self.peers_on and len(batch.docs) >= self.k):
+        if not (self.peers_on and len(batch.docs) >= self.k):  # fewer than K docs: no K-1 distinct peers
             self.own_stash = self.entropy_stash = None
             return False
         shape = (len(batch.docs), max(d.pred_len for d in batch.docs))
