@@ -49,7 +49,7 @@ def test_queue_ties_keep_ascending_batch_index():
     assert [d.index for b in queue for d in b.docs] == [0, 1, 2, 3, 4]
 
 
-def test_seed_chunk_schedule():
+def test_default_chunk_schedule_is_2139s():
     cfg = TTTConfig()  # 256 -> 8, 2000 -> 24, else 48
     assert [chunk_size_for(m, cfg) for m in (2, 256, 257, 2000, 2001, 97114)] == [8, 8, 24, 24, 48, 48]
 
