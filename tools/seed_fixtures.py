@@ -63,10 +63,11 @@ TTT_CASES = {
     "sgd_p2": dict(peer_k=3, prefix_docs=2),
     "sgd_p6": dict(peer_k=3, prefix_docs=6),
 }
+# A large LoRA LR so a few chunks move the NLLs; the entropy threshold near the median entropy of
+# these weights, so about half of the covered targets are routed to the peers.
 TTT_LR, TTT_WD, TTT_THRESH, GLOBAL_LR, GLOBAL_CHUNK = 0.01, 0.25, 5.55, 0.05, 128
 TTT_DOC_LENGTHS = [5, 9, 12, 20, 33, 47, 60, 64, 70, 90, 110, 150, 30, 14, 8, 201, 65, 3]
 
-TRAIN_STEPS = 3
 TRAIN_SEQ = 128
 TRAIN_DOCS_PER_STEP = [[40, 30, 58], [128], [17, 60, 51]]
 
@@ -105,8 +106,8 @@ def pg_config(ttt: dict | None = None):
 
 
 def ttt_overrides(peer_k: int, prefix_docs: int) -> dict:
-    return {"ttt.lora_lr": TTT_LR, "ttt.weight_decay": TTT_WD, "ttt.peer_mode": "seed" if peer_k > 1 else "off",
-            "ttt.peer_k": max(peer_k, 2), "ttt.peer_conf_threshold": TTT_THRESH,
+    return {"ttt.lora_lr": TTT_LR, "ttt.weight_decay": TTT_WD, "ttt.peer_mode": "pr2139" if peer_k > 1 else "off",
+            "ttt.peer_k": peer_k, "ttt.peer_conf_threshold": TTT_THRESH,
             "ttt.phased_prefix_docs": prefix_docs, "ttt.global_chunk_tokens": GLOBAL_CHUNK,
             "ttt.global_lr": GLOBAL_LR}
 
@@ -123,14 +124,11 @@ def model_weights(model_cfg) -> dict[str, torch.Tensor]:
     from pgolf.checkpoint import unbank_state_dict
     from pgolf.model import GPT
 
-    with torch.device("meta"):
-        names = unbank_state_dict(GPT(model_cfg).state_dict(), model_cfg)
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # only the constant inits are used below; every random tensor is redrawn
     init = unbank_state_dict(GPT(model_cfg).state_dict(), model_cfg)
     g = torch.Generator().manual_seed(1234)
     out = {}
-    for name in names:
-        t = init[name]
+    for name, t in init.items():
         noise = torch.randn(t.shape, generator=g)
         if name == "tok_emb.weight":
             out[name] = noise * 0.15
