@@ -92,44 +92,42 @@ FA3_HEAD_DIM_MULTIPLE = 8
 
 
 def _fail(message: str) -> None:
-    raise FA3ContractError(f"FlashAttention 3 contract: {message}")
+    raise FA3ContractError("FA3 contract: " + message)
 
 
 def check_fa3_contract(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor | None,
                        max_seqlen) -> None:
     """Raise `FA3ContractError` unless FA3 would accept these inputs (metadata only: no sync, traceable)."""
     if q.dtype not in FA3_DTYPES:
-        _fail(f"q is {q.dtype}; FA3 computes in bf16 or fp16 only")
+        _fail(f"q is {q.dtype}, not bf16 or fp16")
     if k.dtype != q.dtype or v.dtype != q.dtype:
-        _fail(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+        _fail(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if k.device != q.device or v.device != q.device:
-        _fail(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+        _fail(f"q, k, v devices differ: {q.device}, {k.device}, {v.device}")
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        _fail(f"q, k, v must be [B, T, heads, head_dim], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        _fail(f"q, k, v must be 4-D, got {q.ndim}, {k.ndim}, {v.ndim}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.stride(-1) != 1:
-            _fail(f"{name} must have a contiguous last dimension, strides {t.stride()}")
+            _fail(f"{name} has a non-contiguous last dim")
     head_dim = q.shape[-1]
     if head_dim > FA3_MAX_HEAD_DIM or head_dim % FA3_HEAD_DIM_MULTIPLE != 0:
-        _fail(f"head_dim {head_dim} unsupported: at most {FA3_MAX_HEAD_DIM} and a multiple of {FA3_HEAD_DIM_MULTIPLE}")
+        _fail(f"head_dim {head_dim} is over {FA3_MAX_HEAD_DIM} or not a multiple of {FA3_HEAD_DIM_MULTIPLE}")
     if k.shape != v.shape or k.shape[:2] != q.shape[:2] or k.shape[-1] != head_dim:
-        _fail(f"k and v must be [B, T, Hkv, {head_dim}] like q {tuple(q.shape)}, got {tuple(k.shape)}, "
-              f"{tuple(v.shape)}")
+        _fail(f"k, v shapes {tuple(k.shape)}, {tuple(v.shape)} do not fit q {tuple(q.shape)}")
     if q.shape[2] % k.shape[2] != 0:
-        _fail(f"{k.shape[2]} KV heads must divide {q.shape[2]} query heads")
+        _fail(f"{k.shape[2]} KV heads do not divide {q.shape[2]} query heads")
     if cu_seqlens is None:
         return
     if cu_seqlens.dtype != torch.int32:
-        _fail(f"cu_seqlens must be int32, got {cu_seqlens.dtype}")
+        _fail(f"cu_seqlens is {cu_seqlens.dtype}, not int32")
     if cu_seqlens.device != q.device:
-        _fail(f"cu_seqlens must be on q's device {q.device}, got {cu_seqlens.device}")
+        _fail(f"cu_seqlens is on {cu_seqlens.device}, q on {q.device}")
     if cu_seqlens.ndim != 1 or cu_seqlens.shape[0] < 2 or cu_seqlens.stride(0) != 1:
-        _fail(f"cu_seqlens must be a contiguous 1-D tensor of at least 2 boundaries, got shape "
-              f"{tuple(cu_seqlens.shape)}")
+        _fail(f"cu_seqlens must be contiguous 1-D with 2+ entries, got {tuple(cu_seqlens.shape)}")
     if q.shape[0] != 1:
-        _fail(f"packed attention (cu_seqlens) takes one row, got batch {q.shape[0]}")
+        _fail(f"cu_seqlens needs batch 1, got {q.shape[0]}")
     if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 1:
-        _fail(f"max_seqlen must be a positive Python int with cu_seqlens, got {max_seqlen!r}")
+        _fail(f"max_seqlen must be a positive int, got {max_seqlen!r}")
 
 
 def _check_fa3_values(q: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> None:
@@ -139,7 +137,7 @@ def _check_fa3_values(q: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int
         _fail(f"cu_seqlens must rise from 0 to T={q.shape[1]}, got {bounds}")
     longest = max(b - a for a, b in zip(bounds, bounds[1:]))
     if longest > max_seqlen:
-        _fail(f"max_seqlen {max_seqlen} is shorter than the longest document ({longest} tokens)")
+        _fail(f"max_seqlen {max_seqlen} < longest document {longest}")
 
 
 # --------------------------------------------------------------------------- FlashAttention 3

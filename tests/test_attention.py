@@ -173,22 +173,22 @@ def _violations():
     """(name, message, q, k, v, cu_seqlens, max_seqlen): each breaks exactly one precondition of FA3."""
     q, k, v, cu, max_len = _valid()
     strided = _qkv(1, 20, head_dim=16, dtype=torch.bfloat16)[0].transpose(-1, -2).contiguous().transpose(-1, -2)
-    yield "fp32 q, k, v", "bf16 or fp16", q.float(), k.float(), v.float(), cu, max_len
-    yield "k fp32 beside bf16 q, v", "share one dtype", q, k.float(), v, cu, max_len
-    yield "v fp16 beside bf16 q, k", "share one dtype", q, k, v.half(), cu, max_len
-    yield "last dim not contiguous", "contiguous last", strided, k, v, cu, max_len
+    yield "fp32 q, k, v", "not bf16 or fp16", q.float(), k.float(), v.float(), cu, max_len
+    yield "k fp32 beside bf16 q, v", "dtypes differ", q, k.float(), v, cu, max_len
+    yield "v fp16 beside bf16 q, k", "dtypes differ", q, k, v.half(), cu, max_len
+    yield "last dim not contiguous", "non-contiguous last", strided, k, v, cu, max_len
     yield "head dim not a multiple of 8", "head_dim 12", *_valid(head_dim=12)[:3], cu, max_len
     yield "head dim over 256", "head_dim 264", *_valid(head_dim=264)[:3], cu, max_len
-    yield "KV heads do not divide query heads", "must divide", q, k[:, :, :1].expand(-1, -1, 3, -1).contiguous(), \
+    yield "KV heads do not divide query heads", "do not divide", q, k[:, :, :1].expand(-1, -1, 3, -1).contiguous(), \
         v[:, :, :1].expand(-1, -1, 3, -1).contiguous(), cu, max_len
-    yield "k and v shapes differ", "k and v must be", q, k, v[:, :, :1].contiguous(), cu, max_len
-    yield "cu_seqlens int64", "int32", q, k, v, cu.long(), max_len
-    yield "cu_seqlens on another device", "device", q, k, v, cu.to("meta"), max_len
-    yield "packed batch of 2", "one row", *(t.expand(2, -1, -1, -1) for t in (q, k, v)), cu, max_len
+    yield "k and v shapes differ", "do not fit q", q, k, v[:, :, :1].contiguous(), cu, max_len
+    yield "cu_seqlens int64", "not int32", q, k, v, cu.long(), max_len
+    yield "cu_seqlens on another device", "on meta", q, k, v, cu.to("meta"), max_len
+    yield "packed batch of 2", "batch 1", *(t.expand(2, -1, -1, -1) for t in (q, k, v)), cu, max_len
     yield "max_seqlen missing", "max_seqlen", q, k, v, cu, None
     yield "max_seqlen a float", "max_seqlen", q, k, v, cu, 8.0
     yield "max_seqlen a tensor", "max_seqlen", q, k, v, cu, torch.tensor(8)
-    yield "max_seqlen shorter than a document", "longest document", q, k, v, cu, 7
+    yield "max_seqlen shorter than a document", "< longest document", q, k, v, cu, 7
     yield "cu_seqlens short of T", "rise from 0", q, k, v, torch.tensor([0, 5, 14], dtype=torch.int32), max_len
 
 
@@ -213,13 +213,13 @@ def test_valid_input_passes_and_matches_the_reference(emulated, dtype):
 def test_fp32_is_not_cast_away_under_the_contract(emulated):
     """The old FA3 path cast fp32 inputs to bf16; under the contract they are an upstream bug."""
     q, k, v, cu, max_len = _valid(torch.float32)
-    with pytest.raises(FA3ContractError, match="bf16 or fp16"):
+    with pytest.raises(FA3ContractError, match="not bf16 or fp16"):
         attention(q, k, v, cu_seqlens=cu, max_seqlen=max_len)
 
 
 def test_the_op_checks_on_every_call_only_when_asked():
     q, k, v, cu, max_len = _valid()
-    with pytest.raises(FA3ContractError, match="share one dtype"):
+    with pytest.raises(FA3ContractError, match="dtypes differ"):
         varlen_attention(q, k.float(), v, cu, max_len, True)
     with pytest.raises(FA3ContractError, match="longest document"):
         varlen_attention(q, k, v, cu, 3, True)
