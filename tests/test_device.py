@@ -43,8 +43,8 @@ def fresh_dynamo():
 # --------------------------------------------------------------------------- the policies
 def test_cpu_policy_is_todays_cpu_behaviour():
     p = device.cpu_policy()
-    assert (p.device, p.emulated, p.lowp_dtype, p.autocast_dtype, p.tf32) == (
-        torch.device("cpu"), False, torch.float32, None, False)
+    assert (p.device, p.emulated, p.lowp_dtype, p.rope_freq_dtype, p.autocast_dtype, p.tf32) == (
+        torch.device("cpu"), False, torch.float32, torch.float32, None, False)
     assert (p.attention, p.check_fa3_contract, p.fused_kernels, p.should_compile("auto")) == (
         "sdpa", False, False, False)
     # What train._compile and the TTT warmup pass today.
@@ -61,8 +61,8 @@ def test_cpu_policy_is_todays_cpu_behaviour():
 @pytest.mark.parametrize("fa3", [True, False])
 def test_cuda_policy_is_the_records(fa3):
     p = device.cuda_policy("cuda", fa3=fa3, triton=True)
-    assert (p.lowp_dtype, p.lowp_params, p.autocast_dtype, p.tf32, p.should_compile("auto")) == (
-        torch.bfloat16, ("tok_emb.weight",), torch.bfloat16, True, True)
+    assert (p.lowp_dtype, p.lowp_params, p.rope_freq_dtype, p.autocast_dtype, p.tf32, p.should_compile("auto")) == (
+        torch.bfloat16, ("tok_emb.weight",), torch.bfloat16, torch.bfloat16, True, True)
     assert (p.recompile_limit, p.accumulated_recompile_limit) == (128, 1024)
     assert (p.attention, p.check_fa3_contract, p.fused_kernels) == ("fa3" if fa3 else "sdpa", fa3, True)
     # One graph with FA3; without it SDPA's packed mask needs a graph break. TTT: dynamic shapes.
@@ -134,6 +134,23 @@ def test_cast_model_stores_only_the_embedding_in_bf16(emulated):
     assert set(dtypes.values()) == {torch.float32}
     with pytest.raises(KeyError, match="emb"):
         dataclasses.replace(emulated, lowp_params=("emb.weight",)).cast_model(model)
+
+
+@pytest.mark.parametrize("policy,want", [(device.cpu_policy(), torch.float32),
+                                         (device.emulated_cuda_policy(), torch.bfloat16)])
+def test_cast_model_sets_the_rope_frequency_dtype_where_declared(policy, want):
+    class Declares(nn.Module):
+        rope_freq_dtype = torch.float32
+
+        def __init__(self):
+            super().__init__()
+            self.tok_emb = nn.Embedding(4, 2)
+
+    assert policy.cast_model(Declares()).rope_freq_dtype == want
+    assert device.cuda_policy(fa3=False, triton=False).rope_freq_dtype == torch.bfloat16
+    # The record's model.bfloat16() rounds its RoPE frequencies: that is what bf16 here stands for.
+    freqs = 1.0 / 1e4 ** (torch.arange(0, 16, 2, dtype=torch.float32) / 16)
+    assert not torch.equal(freqs.to(want).float(), freqs) or want == torch.float32
 
 
 def test_emulated_autocast_is_cpu_bf16(emulated):
