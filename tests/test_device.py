@@ -368,7 +368,7 @@ def _to_fake_cuda(module: nn.Module) -> nn.Module:
 
 
 def _fake_cuda_forwards(monkeypatch, residual: str) -> None:
-    """The training forward and the TTT LoRA forward of the tiny model, traced with CUDA autocast rules."""
+    """The tiny model's dense, LoRA and packed forwards, traced with the installed torch's CUDA autocast rules."""
     monkeypatch.setattr(attn_mod, "_fa3", None)  # the stand-in's fake implementation checks the contract
     cfg = load_preset("tiny")
     with torch.device("meta"):
@@ -384,6 +384,8 @@ def _fake_cuda_forwards(monkeypatch, residual: str) -> None:
         x = torch.randint(2, cfg.model.vocab_size, (2, 16), device="cuda")
         model(x)
         model(x, adapters=lora)
+        cu = torch.zeros(4, dtype=torch.int32, device="cuda")  # values unread: fake tensors carry metadata only
+        model(x[:1], x[:1], cu_seqlens=cu, max_seqlen=16)  # the packed training / global-SGD forward
 
 
 @pytest.mark.xfail(strict=True, raises=FA3ContractError,
