@@ -6,7 +6,7 @@ Modes, all over the same validation documents and the same model:
   no_ttt        the diagnostic packed eval (`eval_packed`)
   ttt           score-first LoRA TTT, own adapters only (peer_mode off)
   ttt_causal    TTT + the causal peer ensemble (legal)
-  ttt_seed      TTT + the #2139 peer ensemble (non-compliant; for comparison)
+  ttt_pr2139    TTT + the #2139 peer ensemble (non-compliant; for comparison)
 
 One JSON line per mode: scored targets, seconds inside the eval timer (compile
 warmup excluded, as the seed times it), tokens/s, slowdown against no_ttt, and
@@ -61,7 +61,7 @@ def _model(cfg, run: str | None, device: torch.device):
     return model.eval()
 
 
-MODES = ("no_ttt", "ttt", "ttt_causal", "ttt_seed")
+MODES = ("no_ttt", "ttt", "ttt_causal", "ttt_pr2139")
 
 
 def _measure(mode: str, model, val, cfg) -> tuple[float, dict]:
@@ -70,7 +70,7 @@ def _measure(mode: str, model, val, cfg) -> tuple[float, dict]:
         t0 = time.perf_counter()
         meter = eval_packed(model, val, cfg.eval)
         return time.perf_counter() - t0, {"bpb": meter.bpb(), "scored_tokens": int(meter.num_tokens)}
-    peer_mode = {"ttt": "off", "ttt_causal": "causal", "ttt_seed": "seed"}[mode]
+    peer_mode = {"ttt": "off", "ttt_causal": "causal", "ttt_pr2139": "pr2139"}[mode]
     res = run_ttt(model, val, cfg.replace({"ttt.peer_mode": peer_mode}))
     secs = res.phase_seconds
     timer_s = secs.get("eval_s", 0.0) + secs.get("global_sgd_s", 0.0)
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         # kernels, lazy init) would otherwise land on whichever mode runs first.
         warm = load_val(data_dir, val_docs_limit=2)
         eval_packed(model, warm, cfg.eval)
-        for peer_mode in ("off", "causal", "seed"):
+        for peer_mode in ("off", "causal", "pr2139"):
             run_ttt(model, warm, cfg.replace({"ttt.peer_mode": peer_mode, "ttt.phased_prefix_docs": 0}))
 
         # Round-robin rounds, best time per mode: on a shared machine the minimum is the

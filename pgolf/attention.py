@@ -1,21 +1,30 @@
-"""Causal attention over packed documents: one signature, a fast GPU path and a reference path.
+"""Causal attention over packed documents: one signature, FlashAttention 3 or a reference.
 
 A training or evaluation row is a concatenation of documents, each starting with
 BOS. `cu_seqlens` (int32, `[num_docs + 1]`, the cumulative document boundaries)
 says where each document starts; a token may attend to earlier tokens of its own
-document only. On CUDA with FlashAttention 3 importable this is
-`flash_attn_varlen_func` (or the dense `flash_attn_func` when there are no
-boundaries); everywhere else it is PyTorch SDPA with a block-diagonal causal
-mask. Both paths share this module's single entry point, `attention`, and a GPU
-test checks that they agree.
+document only.
 
 Shapes follow FlashAttention: q `[B, T, H, D]`, k and v `[B, T, Hkv, D]` with
 `H % Hkv == 0` (grouped-query attention: query head h reads KV head
 `h // (H // Hkv)`), output `[B, T, H, D]`. With `cu_seqlens`, `B == 1`. The
 softmax scale is the default `1/sqrt(D)`.
 
-The implementation (`IMPL`) is chosen once at import; `_override_impl` exists
-for tests that need to compare the two.
+The active device policy (`pgolf.device`) picks the implementation behind the
+single entry point `attention`:
+
+- "sdpa": PyTorch SDPA with a block-diagonal causal mask (`_attention_sdpa`),
+  the reference every other path is tested against.
+- "fa3" on CUDA: `flash_attn_varlen_func` (`flash_attn_func` without boundaries).
+- "fa3" anywhere else: the custom op `pgolf::varlen_attention`, a stand-in for
+  FA3 that `torch.compile(fullgraph=True)` traces as one opaque node (its fake
+  implementation gives the output's metadata), computed by the reference.
+
+With `check_fa3_contract` the FA3 paths first check FlashAttention 3's input
+contract (`check_fa3_contract`) and raise `FA3ContractError` as FA3 would: one
+bf16/fp16 dtype for q, k and v, contiguous last dimension, a supported head
+dimension, int32 `cu_seqlens` on q's device and an integer `max_seqlen`.
+Nothing is cast to make inputs fit: a mixed-dtype call is a bug upstream.
 """
 
 from __future__ import annotations
@@ -23,12 +32,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-try:  # FlashAttention 3 ships as `flash_attn_interface` (the hopper build).
-    import flash_attn_interface as _fa3  # type: ignore[import-not-found]
-except Exception:  # ImportError, or a broken CUDA extension on a CPU-only box
-    _fa3 = None
+from pgolf import device as _device
 
-IMPLS = ("fa3", "sdpa")
+IMPLS = _device.ATTENTION_IMPLS
+_fa3 = _device.FA3
 
 # The SDPA path materializes a [T_chunk, T_chunk] mask and score matrix per call, so
 # packed rows are cut into chunks of whole documents of at most this many tokens
@@ -38,66 +45,202 @@ IMPLS = ("fa3", "sdpa")
 _SDPA_CHUNK_TOKENS = 512
 
 
-def _choose_impl() -> str:
-    return "fa3" if (_fa3 is not None and torch.cuda.is_available()) else "sdpa"
+def __getattr__(name: str):
+    # `IMPL` reads the active policy, so it always names the implementation `attention` uses.
+    if name == "IMPL":
+        return _device.active().attention
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-IMPL: str = _choose_impl()
+def _override_impl(name: str):
+    """Force `"fa3"` or `"sdpa"` (tests): activates a copy of the active policy with that attention.
 
+    `with _override_impl("sdpa"): ...` restores the previous policy afterwards.
+    """
+    import dataclasses
 
-class _ImplOverride:
-    """Switches `IMPL` immediately; used as a context manager it switches back on exit."""
-
-    def __init__(self, name: str):
-        global IMPL
-        assert name in IMPLS, f"unknown attention impl {name!r}"
-        assert name != "fa3" or _fa3 is not None, "flash_attn_interface is not importable here"
-        self.previous = IMPL
-        IMPL = name
-
-    def __enter__(self) -> "_ImplOverride":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        global IMPL
-        IMPL = self.previous
-
-
-def _override_impl(name: str) -> _ImplOverride:
-    """Force `"fa3"` or `"sdpa"` (tests). `with _override_impl("sdpa"): ...` restores afterwards."""
-    return _ImplOverride(name)
+    if name not in IMPLS:
+        raise ValueError(f"unknown attention impl {name!r}")
+    return dataclasses.replace(_device.active(), attention=name).activate()
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
               cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None) -> torch.Tensor:
     """Causal (grouped-query) attention; with `cu_seqlens`, never across a document boundary."""
+    policy = _device.active()
+    if policy.attention == "fa3":
+        if policy.check_fa3_contract:
+            check_fa3_contract(q, k, v, cu_seqlens, max_seqlen)
+        if _fa3 is not None and q.is_cuda:
+            return _attention_fa3(q, k, v, cu_seqlens, max_seqlen)
+        return varlen_attention(q, k, v, cu_seqlens, max_seqlen, policy.check_fa3_contract)
     assert q.ndim == 4 and k.shape == v.shape and k.shape[:2] == q.shape[:2], (q.shape, k.shape, v.shape)
     assert q.shape[-1] == k.shape[-1] and q.shape[2] % k.shape[2] == 0, (q.shape, k.shape)
     if cu_seqlens is not None:
         assert q.shape[0] == 1, "packed attention (cu_seqlens) takes one row, B == 1"
-    if IMPL == "fa3":
-        return _attention_fa3(q, k, v, cu_seqlens, max_seqlen)
     return _attention_sdpa(q, k, v, cu_seqlens)
+
+
+# --------------------------------------------------------------------------- FlashAttention 3's contract
+class FA3ContractError(RuntimeError):
+    """Inputs FlashAttention 3 would reject (or, for `max_seqlen`, silently get wrong)."""
+
+
+FA3_DTYPES = (torch.bfloat16, torch.float16)  # FA3 also takes fp8_e4m3, which nothing here produces
+FA3_MAX_HEAD_DIM = 256
+FA3_HEAD_DIM_MULTIPLE = 8
+
+
+def _fail(message: str) -> None:
+    raise FA3ContractError("FA3 contract: " + message)
+
+
+def check_fa3_contract(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor | None,
+                       max_seqlen) -> None:
+    """Raise `FA3ContractError` unless FA3 would accept these inputs (metadata only: no sync, traceable)."""
+    if q.dtype not in FA3_DTYPES:
+        _fail(f"q is {q.dtype}, not bf16 or fp16")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        _fail(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        _fail(f"q, k, v devices differ: {q.device}, {k.device}, {v.device}")
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        _fail(f"q, k, v must be 4-D, got {q.ndim}, {k.ndim}, {v.ndim}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.stride(-1) != 1:
+            _fail(f"{name} has a non-contiguous last dim")
+    head_dim = q.shape[-1]
+    if head_dim > FA3_MAX_HEAD_DIM or head_dim % FA3_HEAD_DIM_MULTIPLE != 0:
+        _fail(f"head_dim {head_dim} is over {FA3_MAX_HEAD_DIM} or not a multiple of {FA3_HEAD_DIM_MULTIPLE}")
+    if k.shape != v.shape or k.shape[:2] != q.shape[:2] or k.shape[-1] != head_dim:
+        _fail(f"k, v shapes {tuple(k.shape)}, {tuple(v.shape)} do not fit q {tuple(q.shape)}")
+    if q.shape[2] % k.shape[2] != 0:
+        _fail(f"{k.shape[2]} KV heads do not divide {q.shape[2]} query heads")
+    if cu_seqlens is None:
+        return
+    if cu_seqlens.dtype != torch.int32:
+        _fail(f"cu_seqlens is {cu_seqlens.dtype}, not int32")
+    if cu_seqlens.device != q.device:
+        _fail(f"cu_seqlens is on {cu_seqlens.device}, q on {q.device}")
+    if cu_seqlens.ndim != 1 or cu_seqlens.shape[0] < 2 or cu_seqlens.stride(0) != 1:
+        _fail(f"cu_seqlens must be contiguous 1-D with 2+ entries, got {tuple(cu_seqlens.shape)}")
+    if q.shape[0] != 1:
+        _fail(f"cu_seqlens needs batch 1, got {q.shape[0]}")
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 1:
+        _fail(f"max_seqlen must be a positive int, got {max_seqlen!r}")
+
+
+def _check_fa3_values(q: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> None:
+    """Boundary values FA3 trusts without checking (it reads out of range or skips tokens instead)."""
+    bounds = cu_seqlens.tolist()
+    if bounds[0] != 0 or bounds[-1] != q.shape[1] or any(b < a for a, b in zip(bounds, bounds[1:])):
+        _fail(f"cu_seqlens must rise from 0 to T={q.shape[1]}, got {bounds}")
+    longest = max(b - a for a, b in zip(bounds, bounds[1:]))
+    if longest > max_seqlen:
+        _fail(f"max_seqlen {max_seqlen} < longest document {longest}")
 
 
 # --------------------------------------------------------------------------- FlashAttention 3
 def _attention_fa3(q, k, v, cu_seqlens, max_seqlen):
-    out_dtype = q.dtype
-    if q.dtype not in (torch.bfloat16, torch.float16):
-        # FA3 has no fp32 kernel; outside autocast we compute in bf16 and hand back fp32.
-        q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
     if cu_seqlens is None:
         y = _fa3.flash_attn_func(q, k, v, causal=True)
     else:
-        cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
-        if max_seqlen is None:
-            max_seqlen = int((cu[1:] - cu[:-1]).max().item())
-        y = _fa3.flash_attn_varlen_func(q[0], k[0], v[0], cu_seqlens_q=cu, cu_seqlens_k=cu,
+        if max_seqlen is None:  # only without the contract check, which requires it
+            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max().item())
+        y = _fa3.flash_attn_varlen_func(q[0], k[0], v[0], cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
                                         max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen, causal=True)
         y = (y[0] if isinstance(y, tuple) else y)[None]
     if isinstance(y, tuple):  # some FA3 builds also return the log-sum-exp
         y = y[0]
-    return y.to(out_dtype)
+    return y
+
+
+# --------------------------------------------------------------------------- the FA3 stand-in op
+# The reference computes in the inputs' dtype, as FA3 does: autocast (which never reaches a custom
+# op's inputs) must not re-cast inside either. Outputs are fresh contiguous tensors, as the fake
+# implementations promise.
+def _reference_forward(q, k, v, cu_seqlens):
+    with torch.autocast(q.device.type, enabled=False):
+        return _attention_sdpa(q, k, v, cu_seqlens).contiguous()
+
+
+def _varlen_attention_impl(q, k, v, cu_seqlens, max_seqlen, check):
+    if check:
+        check_fa3_contract(q, k, v, cu_seqlens, max_seqlen)
+        if cu_seqlens is not None:
+            _check_fa3_values(q, cu_seqlens, max_seqlen)
+    return _reference_forward(q, k, v, cu_seqlens)
+
+
+def _varlen_attention_fake(q, k, v, cu_seqlens, max_seqlen, check):
+    if check:  # metadata checks also hold while tracing (compile, or a fake-CUDA dtype trace)
+        check_fa3_contract(q, k, v, cu_seqlens, max_seqlen)
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def _sdpa_grads(q, k, v, grad, mask):
+    """d(q, k, v) of one chunk of `_sdpa`, written out in fp32; k/v already expanded to q's heads."""
+    qf, kf, vf, gf = (t.float().transpose(1, 2) for t in (q, k, v, grad))  # [B, H, T, D]
+    scale = qf.shape[-1] ** -0.5
+    if mask is None:
+        mask = torch.ones(qf.shape[2], qf.shape[2], dtype=torch.bool, device=q.device).tril()
+    p = (qf @ kf.transpose(-1, -2) * scale).masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    dp = gf @ vf.transpose(-1, -2)
+    ds = p * (dp - (dp * p).sum(dim=-1, keepdim=True))
+    dq, dk, dv = ds @ kf * scale, ds.transpose(-1, -2) @ qf * scale, p.transpose(-1, -2) @ gf
+    return tuple(t.transpose(1, 2) for t in (dq, dk, dv))
+
+
+def _varlen_attention_backward_impl(grad, q, k, v, cu_seqlens, max_seqlen):
+    # A custom op runs below autograd, so the backward is the softmax-attention gradient spelled out,
+    # per chunk of whole documents as the forward, then summed over each KV head's query group.
+    num_heads, num_kv_heads = q.shape[2], k.shape[2]
+    ke, ve = _expand_kv(k, num_heads), _expand_kv(v, num_heads)
+    if cu_seqlens is None:
+        dq, dk, dv = _sdpa_grads(q, ke, ve, grad, None)
+    else:
+        bounds = sorted(set(int(b) for b in cu_seqlens.tolist()))
+        parts = []
+        for start, end, starts in _doc_chunks(bounds, _SDPA_CHUNK_TOKENS):
+            mask = None if len(starts) == 1 else block_causal_mask(starts, start, end, q.device)
+            parts.append(_sdpa_grads(q[:, start:end], ke[:, start:end], ve[:, start:end], grad[:, start:end], mask))
+        dq, dk, dv = (torch.cat(ts, dim=1) for ts in zip(*parts))
+    group = num_heads // num_kv_heads
+    bsz, seq_len, _, head_dim = k.shape
+    dk = dk.reshape(bsz, seq_len, num_kv_heads, group, head_dim).sum(dim=3)
+    dv = dv.reshape(bsz, seq_len, num_kv_heads, group, head_dim).sum(dim=3)
+    return dq.to(q.dtype).contiguous(), dk.to(k.dtype).contiguous(), dv.to(v.dtype).contiguous()
+
+
+def _varlen_attention_backward_fake(grad, q, k, v, cu_seqlens, max_seqlen):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+
+
+# Explicit schemas: the packed submission strips annotations, from which custom_op would infer them.
+varlen_attention = torch.library.custom_op(
+    "pgolf::varlen_attention", _varlen_attention_impl, mutates_args=(),
+    schema="(Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens, SymInt? max_seqlen, bool check) -> Tensor")
+varlen_attention.register_fake(_varlen_attention_fake)
+varlen_attention_backward = torch.library.custom_op(
+    "pgolf::varlen_attention_backward", _varlen_attention_backward_impl, mutates_args=(),
+    schema="(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens, SymInt? max_seqlen) "
+           "-> (Tensor, Tensor, Tensor)")
+varlen_attention_backward.register_fake(_varlen_attention_backward_fake)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, cu_seqlens, max_seqlen, _ = inputs
+    ctx.save_for_backward(q, k, v, cu_seqlens)
+    ctx.max_seqlen = max_seqlen
+
+
+def _backward(ctx, grad):
+    q, k, v, cu_seqlens = ctx.saved_tensors
+    dq, dk, dv = varlen_attention_backward(grad, q, k, v, cu_seqlens, ctx.max_seqlen)
+    return dq, dk, dv, None, None, None
+
+
+varlen_attention.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --------------------------------------------------------------------------- SDPA reference

@@ -281,7 +281,7 @@ class TTTConfig:
     global_chunk_tokens: int = 32_768
     global_grad_clip: float = 1.0
     peer_mode: str = "causal"
-    """off | causal (legal by construction) | seed (#2139 as submitted; non-compliant)."""
+    """off | causal (legal by construction) | pr2139 (#2139's ensemble as submitted; non-compliant)."""
     peer_k: int = 4
     """Ensemble size including self; 1 disables."""
     peer_conf_threshold: float = 0.5
@@ -289,14 +289,18 @@ class TTTConfig:
     peer_blend_w: float = 0.8
     """Weight of the own probability in the blend."""
     peer_seed: int = 42
-    """Seeds the peer draw (seed mode: seed * 1013 + batch index)."""
+    """Seeds the peer draw (seed * 1013 + batch index), as #2139 did."""
 
     def __post_init__(self) -> None:
         s = "ttt"
         object.__setattr__(self, "short_chunk_steps", tuple((int(a), int(b)) for a, b in self.short_chunk_steps))
         _check(self.mask in ("all", "no_q", "no_v", "no_qv"), s, "mask", f"all|no_q|no_v|no_qv, got {self.mask!r}")
-        _check(self.peer_mode in ("off", "causal", "seed"), s, "peer_mode",
-               f"off|causal|seed, got {self.peer_mode!r}")
+        # The pr2139 mode was called "seed" (after #2139, the baseline pgolf reproduces), a word that also
+        # names the RNG seed and a preset; configs and reports written before the rename still load.
+        if self.peer_mode == "seed":
+            object.__setattr__(self, "peer_mode", "pr2139")
+        _check(self.peer_mode in ("off", "causal", "pr2139"), s, "peer_mode",
+               f"off|causal|pr2139, got {self.peer_mode!r}")
         _check(self.peer_k >= 1, s, "peer_k", "must be >= 1")
         _check(0 <= self.peer_blend_w <= 1, s, "peer_blend_w", "must be in [0, 1]")
         _check(self.batch_size >= 1, s, "batch_size", "must be >= 1")

@@ -41,6 +41,7 @@ from pgolf.loader import build_cu_seqlens
 from pgolf.quant.artifact import read_artifact
 from pgolf.quant.mixed import dequantize_state_dict
 from pgolf.rundir import RunDir
+from pgolf.ttt.peer_modes import PEER_MODES
 from pgolf.ttt.score_first import run_ttt
 
 # A callback told about every scored span: (first target index, per-target NLL in nats [n] fp32).
@@ -248,13 +249,13 @@ def ttt_phase(model, val, cfg: RunConfig, log, prequant: bool = False, *, dump: 
               ) -> tuple[dict, dict, dict]:
     """Score-first TTT with the configured ensemble, logged in the seed's line formats.
 
-    Returns (report figures, phase seconds, per-target arrays when `dump`). The TTT result decides
-    which meter is the score; a non-compliant mode is labelled in the log and in the figures.
+    Returns (report figures, phase seconds, per-target arrays when `dump`). The TTT result
+    decides which meter is the score (`TTTResult.headline`); a non-compliant mode is
+    labelled in the log and in the figures, and never becomes the score.
     """
     t = cfg.ttt
-    compliant = t.peer_mode != "seed"
-    if not compliant:
-        log.info("peer_ens: mode 'seed' reproduces #2139 as submitted and is NON-COMPLIANT "
+    if not PEER_MODES[t.peer_mode].compliant:
+        log.info(f"peer_ens: mode '{t.peer_mode}' reproduces #2139 as submitted and is NON-COMPLIANT "
                  "(C1: documents of a batch depend on each other; C4: tokens are scored twice)")
     log.info(f"ttt_phased: total_docs:{len(val.docs)} prefix_docs:{t.phased_prefix_docs} "
              f"num_phases:{t.phased_num_phases} target_tokens:{val.num_targets} peer_mode:{t.peer_mode} "
@@ -268,33 +269,33 @@ def ttt_phase(model, val, cfg: RunConfig, log, prequant: bool = False, *, dump: 
     timer_s = secs.get("eval_s", 0.0) + secs.get("global_sgd_s", 0.0)
     phases = {"ttt_compile_warmup_s": secs.get("compile_warmup_s", 0.0), "ttt_eval_s": secs.get("eval_s", 0.0),
               "ttt_global_sgd_s": secs.get("global_sgd_s", 0.0)}
-    peers_on = t.peer_mode != "off" and t.peer_k > 1
-    log.info(f"peer_ens:coverage_tokens:{res.coverage_tokens if peers_on else 0}/{res.target_tokens} "
+    log.info(f"peer_ens:coverage_tokens:{res.coverage_tokens if res.peers_on else 0}/{res.target_tokens} "
              f"batches:{res.num_batches}")
-    if peers_on and res.coverage_tokens > 0:
+    if res.peers_scored:
         log.info(f"peer_ens:route_frac:{res.route_fraction:.6f} routed_tokens:{res.routed_tokens}/"
                  f"{res.coverage_tokens}")
         log.info(f"peer_ens:ensemble_covered_only val_loss:{res.ensemble.loss():.6f} "
                  f"val_bpb:{res.ensemble.bpb():.6f}")
     log.info(f"peer_ens:baseline val_loss:{res.own.loss():.6f} val_bpb:{res.own.bpb():.6f}")
-    if peers_on and 0 < res.coverage_tokens < res.target_tokens:
+    if res.peers_scored and res.coverage_tokens < res.target_tokens:
         log.info(f"peer_ens: WARNING the ensemble covers {res.coverage_tokens}/{res.target_tokens} targets "
                  "(batches smaller than peer_k are own-only); its bpb is not a full-val score")
-    final = res.ensemble if peers_on and res.coverage_tokens > 0 else res.own
+    # The seed's final line carries the mode's own figure, as #2139 logged it; the score is `headline`.
     label = "prequant_ttt_phased" if prequant else "quantized_ttt_phased"
-    log.info(diag_line(label, final, timer_s))
+    log.info(diag_line(label, res.ensemble, timer_s))
     log.info(f"total_eval_time:{timer_s:.1f}s")
-    if not compliant:
-        log.info(f"NON-COMPLIANT: the {label} figure above uses the 'seed' peer ensemble")
+    if not res.compliant:
+        log.info(f"NON-COMPLIANT: the {label} figure above uses the '{t.peer_mode}' peer ensemble")
     fields = {"val_bpb_ttt": res.own.bpb(), "val_loss_ttt": res.own.loss(),
-              "val_bpb_ttt_ensemble": final.bpb(), "val_loss_ttt_ensemble": final.loss(),
-              "peer_mode": t.peer_mode, "peer_k": t.peer_k, "peer_compliant": compliant,
-              "route_fraction": res.route_fraction if peers_on else 0.0,
-              "coverage_tokens": res.coverage_tokens if peers_on else 0, "target_tokens": res.target_tokens,
+              "val_bpb_ttt_ensemble": res.ensemble.bpb(), "val_loss_ttt_ensemble": res.ensemble.loss(),
+              "ttt_headline": res.headline()[0],
+              "peer_mode": t.peer_mode, "peer_k": t.peer_k, "peer_compliant": res.compliant,
+              "route_fraction": res.route_fraction if res.peers_on else 0.0,
+              "coverage_tokens": res.coverage_tokens if res.peers_on else 0, "target_tokens": res.target_tokens,
               "ttt_eval_time_s": timer_s}
-    if not compliant:
-        fields["compliance_note"] = ("NON-COMPLIANT: peer_mode=seed (#2139 as submitted) violates C1 and C4; "
-                                     "use peer_mode=causal")
+    if not res.compliant:
+        fields["compliance_note"] = (f"NON-COMPLIANT: peer_mode={t.peer_mode} (#2139 as submitted) violates C1 and "
+                                     "C4; use peer_mode=causal")
     if prequant:  # never overwrite the artifact's scored numbers (or their labels) with an unquantized model's
         fields = {(k if k == "target_tokens" else f"{k}_prequant"): v for k, v in fields.items()}
     dumped = {}

@@ -277,7 +277,12 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """The record's init: N(0, 0.005) embedding, orthogonal Q/K/V/up per layer, zero out/down and gates."""
+        """The record's init: N(0, 0.005) embedding, orthogonal Q/K/V/up, zero out/down and gates.
+
+        The draw order is the record's, so one seed gives the record's exact weights: the
+        embedding, then Q, K, V of every layer, then the MLP-up of every layer (drawing them
+        layer by layer instead gives the same distribution but different tensors).
+        """
         L = self.cfg.num_layers
         nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.cfg.tied_embed_init_std)
         for i in range(L):
@@ -285,6 +290,7 @@ class GPT(nn.Module):
             nn.init.zeros_(self.qo_bank[L + i])
             nn.init.orthogonal_(self.kv_bank[i])
             nn.init.orthogonal_(self.kv_bank[L + i])
+        for i in range(L):
             nn.init.orthogonal_(self.mlp_up_bank[i])
             nn.init.zeros_(self.mlp_down_bank[i])
         for block in self.blocks:

@@ -150,6 +150,7 @@ class Report:
     val_loss_ttt: float | None = None
     val_bpb_ttt_ensemble: float | None = None    # TTT with the peer ensemble (or own-only when it is off)
     val_loss_ttt_ensemble: float | None = None
+    ttt_headline: str | None = None              # "ensemble" or "own": which TTT figure is the score
     peer_mode: str | None = None
     peer_k: int | None = None
     peer_compliant: bool | None = None
@@ -162,6 +163,7 @@ class Report:
     val_loss_ttt_prequant: float | None = None
     val_bpb_ttt_ensemble_prequant: float | None = None
     val_loss_ttt_ensemble_prequant: float | None = None
+    ttt_headline_prequant: str | None = None
     peer_mode_prequant: str | None = None
     peer_k_prequant: int | None = None
     peer_compliant_prequant: bool | None = None
@@ -206,10 +208,15 @@ class Report:
         return dataclasses.replace(self, **figures)
 
     def headline(self) -> tuple[str, float] | None:
-        """(key, bpb) of the run's score: the last legal stage it reached.
+        """(key, bpb) of the run's score: the last stage it reached, as its TTT result decided.
 
-        A non-compliant ensemble (peer_compliant False) is never the score; its own-only TTT is.
+        After TTT, `ttt_headline` (written from `TTTResult.headline`) says whether the ensemble or
+        the own-only figure is the score; reports written before that key existed fall back on
+        the same rule: a non-compliant ensemble (peer_compliant False) is never the score.
         """
+        if self.ttt_headline is not None:
+            key = "val_bpb_ttt_ensemble" if self.ttt_headline == "ensemble" else "val_bpb_ttt"
+            return key, float(getattr(self, key))
         for key in HEADLINE_ORDER:
             if key == "val_bpb_ttt_ensemble" and self.peer_compliant is False:
                 continue

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce PR #2139 (the seed) on 8xH100: #2014's stack with TTT LoRA LR 1.5e-4 / WD 0.25 and the K=4 peer
-# ensemble. pgolf's default peer mode is the legal `causal` variant; PEER_MODE=seed reproduces the submitted
+# ensemble. pgolf's default peer mode is the legal `causal` variant; PEER_MODE=pr2139 reproduces the submitted
 # (non-compliant) ensemble for comparison. Usage: SEED=42 PEER_MODE=causal bash runs/seed_8xh100.sh
 set -euo pipefail
 SEED=${SEED:-42}

@@ -1,4 +1,5 @@
-"""pgolf.attention: the SDPA path against a naive softmax, document isolation, FA3 parity on a GPU."""
+"""pgolf.attention: the SDPA path against a naive softmax, document isolation, FA3's contract and its
+stand-in custom op, FA3 parity on a GPU."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 from pgolf import attention as attn_mod
-from pgolf.attention import _override_impl, attention, block_causal_mask
+from pgolf import device
+from pgolf.attention import FA3ContractError, _override_impl, attention, block_causal_mask, varlen_attention
 
 
 def naive_attention(q, k, v, cu_seqlens=None):
@@ -46,17 +48,21 @@ def _sdpa():
         yield
 
 
-def test_impl_is_sdpa_without_cuda():
-    if not torch.cuda.is_available():
-        assert attn_mod._choose_impl() == "sdpa"
+def test_impl_is_sdpa_on_plain_cpu():
+    assert device.cpu_policy().attention == "sdpa"
+    if not torch.cuda.is_available() and not device.EMULATE:
+        assert device.policy_for("cpu").attention == "sdpa"
 
 
 def test_override_impl_restores_previous():
     before = attn_mod.IMPL
     with _override_impl("sdpa"):
         assert attn_mod.IMPL == "sdpa"
+        with _override_impl("fa3"):
+            assert attn_mod.IMPL == "fa3"
+        assert attn_mod.IMPL == "sdpa"
     assert attn_mod.IMPL == before
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError):
         _override_impl("xformers")
 
 
@@ -148,3 +154,109 @@ def test_fa3_matches_sdpa_on_gpu():
         fa_dense = attention(q, k, v)
     torch.testing.assert_close(fa_packed.float(), ref_packed.float(), atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(fa_dense.float(), ref_dense.float(), atol=2e-2, rtol=2e-2)
+
+
+# --------------------------------------------------------------------------- FA3's contract and its stand-in
+@pytest.fixture
+def emulated():
+    """The CUDA policy on CPU: attention goes through the FA3 stand-in op and checks the contract."""
+    with device.emulated_cuda_policy().activate() as policy:
+        yield policy
+
+
+def _valid(dtype=torch.bfloat16, seq_len=20, head_dim=16):
+    q, k, v = _qkv(1, seq_len, head_dim=head_dim, dtype=dtype)
+    return q, k, v, torch.tensor([0, 5, 6, 14, seq_len, seq_len], dtype=torch.int32), 8
+
+
+def _violations():
+    """(name, message, q, k, v, cu_seqlens, max_seqlen): each breaks exactly one precondition of FA3."""
+    q, k, v, cu, max_len = _valid()
+    strided = _qkv(1, 20, head_dim=16, dtype=torch.bfloat16)[0].transpose(-1, -2).contiguous().transpose(-1, -2)
+    yield "fp32 q, k, v", "not bf16 or fp16", q.float(), k.float(), v.float(), cu, max_len
+    yield "k fp32 beside bf16 q, v", "dtypes differ", q, k.float(), v, cu, max_len
+    yield "v fp16 beside bf16 q, k", "dtypes differ", q, k, v.half(), cu, max_len
+    yield "last dim not contiguous", "non-contiguous last", strided, k, v, cu, max_len
+    yield "head dim not a multiple of 8", "head_dim 12", *_valid(head_dim=12)[:3], cu, max_len
+    yield "head dim over 256", "head_dim 264", *_valid(head_dim=264)[:3], cu, max_len
+    yield "KV heads do not divide query heads", "do not divide", q, k[:, :, :1].expand(-1, -1, 3, -1).contiguous(), \
+        v[:, :, :1].expand(-1, -1, 3, -1).contiguous(), cu, max_len
+    yield "k and v shapes differ", "do not fit q", q, k, v[:, :, :1].contiguous(), cu, max_len
+    yield "cu_seqlens int64", "not int32", q, k, v, cu.long(), max_len
+    yield "cu_seqlens on another device", "on meta", q, k, v, cu.to("meta"), max_len
+    yield "packed batch of 2", "batch 1", *(t.expand(2, -1, -1, -1) for t in (q, k, v)), cu, max_len
+    yield "max_seqlen missing", "max_seqlen", q, k, v, cu, None
+    yield "max_seqlen a float", "max_seqlen", q, k, v, cu, 8.0
+    yield "max_seqlen a tensor", "max_seqlen", q, k, v, cu, torch.tensor(8)
+    yield "max_seqlen shorter than a document", "< longest document", q, k, v, cu, 7
+    yield "cu_seqlens short of T", "rise from 0", q, k, v, torch.tensor([0, 5, 14], dtype=torch.int32), max_len
+
+
+@pytest.mark.parametrize("case", list(_violations()), ids=lambda c: c[0])
+def test_contract_violations_raise(emulated, case):
+    _, message, q, k, v, cu, max_len = case
+    with pytest.raises(FA3ContractError, match=message):
+        attention(q, k, v, cu_seqlens=cu, max_seqlen=max_len)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_valid_input_passes_and_matches_the_reference(emulated, dtype):
+    q, k, v, cu, max_len = _valid(dtype)
+    out = attention(q, k, v, cu_seqlens=cu, max_seqlen=max_len)
+    dense = attention(q, k, v)
+    assert out.dtype == dtype and out.is_contiguous()
+    with _override_impl("sdpa"):
+        assert torch.equal(out, attention(q, k, v, cu_seqlens=cu))
+        assert torch.equal(dense, attention(q, k, v))
+
+
+def test_fp32_is_not_cast_away_under_the_contract(emulated):
+    """The old FA3 path cast fp32 inputs to bf16; under the contract they are an upstream bug."""
+    q, k, v, cu, max_len = _valid(torch.float32)
+    with pytest.raises(FA3ContractError, match="not bf16 or fp16"):
+        attention(q, k, v, cu_seqlens=cu, max_seqlen=max_len)
+
+
+def test_the_op_checks_on_every_call_only_when_asked():
+    q, k, v, cu, max_len = _valid()
+    with pytest.raises(FA3ContractError, match="dtypes differ"):
+        varlen_attention(q, k.float(), v, cu, max_len, True)
+    with pytest.raises(FA3ContractError, match="longest document"):
+        varlen_attention(q, k, v, cu, 3, True)
+    # Unchecked, the op is the reference (which itself computes in one dtype).
+    out = varlen_attention(q.float(), k.float(), v.float(), cu, max_len, False)
+    with _override_impl("sdpa"):
+        assert torch.equal(out, attention(q.float(), k.float(), v.float(), cu_seqlens=cu))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 4e-2)])
+@pytest.mark.parametrize("packed", [True, False])
+def test_op_gradients_match_the_reference(dtype, tol, packed):
+    q, k, v = (t.requires_grad_() for t in _qkv(1, 24, num_heads=4, num_kv_heads=2, head_dim=16, dtype=dtype))
+    cu = torch.tensor([0, 3, 11, 24, 24], dtype=torch.int32) if packed else None
+    grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    out = varlen_attention(q, k, v, cu, 13 if packed else None, dtype != torch.float32)
+    got = torch.autograd.grad(out, (q, k, v), grad)
+    with _override_impl("sdpa"):
+        ref = attention(q, k, v, cu_seqlens=cu)
+    want = torch.autograd.grad(ref, (q, k, v), grad)
+    assert torch.equal(out, ref)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        torch.testing.assert_close(g.float(), w.float(), atol=tol, rtol=tol)
+    # Documents stay isolated in the backward too: the last document's keys get nothing from the first's queries.
+    if packed:
+        (dk,) = torch.autograd.grad(varlen_attention(q, k, v, cu, 13, False)[:, :3].sum(), (k,))
+        assert torch.count_nonzero(dk[:, 3:]) == 0
+
+
+def test_fake_implementation_gives_the_real_metadata():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    q, k, v, cu, max_len = _valid()
+    real = varlen_attention(q, k, v, cu, max_len, True)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        fake = varlen_attention(q, k, v, cu, max_len, True)
+        with pytest.raises(FA3ContractError):
+            varlen_attention(q, k.float(), v, cu, max_len, True)
+    assert (fake.shape, fake.dtype, fake.stride()) == (real.shape, real.dtype, real.stride())

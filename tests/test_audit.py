@@ -245,12 +245,12 @@ def test_missing_ttt_is_a_warning(tmp_path):
 
 # --------------------------------------------------------------------------- legality
 def test_seed_mode_ensemble_fails_legality(tmp_path):
-    run = make_run(tmp_path, report_set={"peer_mode": "seed", "peer_compliant": False})
+    run = make_run(tmp_path, report_set={"peer_mode": "pr2139", "peer_compliant": False})
     checks = audit_paths([run])
     assert statuses(checks, "legality.peer_mode") == [FAIL]
     assert "C1" in detail(checks, "legality.peer_mode") and "C4" in detail(checks, "legality.peer_mode")
     # the config alone is enough: a record that would run the seed ensemble is non-compliant
-    run2 = make_run(tmp_path, "r2", config_set={"ttt.peer_mode": "seed"})
+    run2 = make_run(tmp_path, "r2", config_set={"ttt.peer_mode": "pr2139"})
     rep = json.loads((run2 / "report.json").read_text())
     rep.pop("peer_mode")
     (run2 / "report.json").write_text(json.dumps(rep))

@@ -2,7 +2,7 @@
 
 Checks: the seed's log-line formats, the report.json keys, roundtrip parity with
 eval_packed on the loaded artifact, dumps that reproduce the reported bpb,
-TTT coverage of every target, the NON-COMPLIANT label of `seed` mode, and
+TTT coverage of every target, the NON-COMPLIANT label of `pr2139` mode, and
 one-line errors for a missing run or artifact.
 """
 
@@ -120,11 +120,11 @@ def test_ttt_causal_covers_every_target(run_dir, tmp_path, capsys):
 
 
 def test_seed_mode_is_labelled_non_compliant(run_dir, capsys):
-    assert main(["eval", str(run_dir), "--ttt", "--peer-mode", "seed", "--peer-k", "2"]) == 0
+    assert main(["eval", str(run_dir), "--ttt", "--peer-mode", "pr2139", "--peer-k", "2"]) == 0
     out = capsys.readouterr().out
     assert "NON-COMPLIANT" in out
     rep = read_report(run_dir)
-    assert rep["peer_mode"] == "seed" and rep["peer_compliant"] is False
+    assert rep["peer_mode"] == "pr2139" and rep["peer_compliant"] is False
     assert "NON-COMPLIANT" in rep["compliance_note"]
 
 
@@ -164,9 +164,9 @@ def test_eval_config_layers_run_config_sets_and_peer_flags(run_dir):
 
     from pgolf.errors import ConfigError
 
-    args = Namespace(run_dir=str(run_dir), set=["eval.eval_seq_len=64"], peer_mode="seed", peer_k=3, env=False)
+    args = Namespace(run_dir=str(run_dir), set=["eval.eval_seq_len=64"], peer_mode="pr2139", peer_k=3, env=False)
     cfg = eval_config(args)
-    assert cfg.eval.eval_seq_len == 64 and cfg.ttt.peer_mode == "seed" and cfg.ttt.peer_k == 3
+    assert cfg.eval.eval_seq_len == 64 and cfg.ttt.peer_mode == "pr2139" and cfg.ttt.peer_k == 3
     assert cfg.eval.val_docs_limit == 6  # from RUN/config.json
     with pytest.raises(ConfigError, match="eval_seq_len"):
         eval_config(Namespace(run_dir=str(run_dir), set=["eval.eval_seq_ln=64"], peer_mode=None, peer_k=None,

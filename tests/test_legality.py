@@ -6,7 +6,7 @@ queue: batches in queue order, rows within a batch are independent).
 C2 normalization: the scored distribution is a full distribution over the vocabulary.
 C3 score before update: no update that uses target t happens before t's score is committed.
 C4 single pass: every target is scored exactly once.
-The seed's ensemble (#2139) is run too, and the C1/C4 tests must *detect* its violations.
+#2139's ensemble (peer_mode pr2139) is run too, and the C1/C4 tests must *detect* its violations.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pgolf.ttt.score_first import build_queue, run_ttt, synthetic_val
 from test_ttt_score_first import DOC_TARGETS, fresh_model, small_cfg
 
 MODES = {"off": {}, "causal": {"peer_mode": "causal", "peer_k": 3, "peer_conf_threshold": 0.0},
-         "seed": {"peer_mode": "seed", "peer_k": 2, "peer_conf_threshold": 0.0, "batch_size": 2}}
+         "pr2139": {"peer_mode": "pr2139", "peer_k": 2, "peer_conf_threshold": 0.0, "batch_size": 2}}
 
 
 def _val(vocab, perturb_at: int | None = None):
@@ -83,14 +83,14 @@ def test_c1_causal_mode_documents_ordered_before_are_unchanged(tiny_cfg):
         "later documents should see the changed doc's adapter as a peer (test has no power)"
 
 
-def test_c1_seed_mode_dependence_is_detected(tiny_cfg):
+def test_c1_pr2139_mode_dependence_is_detected(tiny_cfg):
     """#2139 draws peers inside the batch: the earlier row's score depends on the later row's document."""
     vocab = tiny_cfg.model.vocab_size
     base_val = _val(vocab)
     queue = build_queue(base_val.docs, 2)
     q, p = queue[1].docs                              # q = row 0 (ordered first), p = row 1
-    base = _run(tiny_cfg, base_val, "seed")
-    pert = _run(tiny_cfg, _val(vocab, perturb_at=p.start + 2), "seed")
+    base = _run(tiny_cfg, base_val, "pr2139")
+    pert = _run(tiny_cfg, _val(vocab, perturb_at=p.start + 2), "pr2139")
     sl = _doc_slice((q.start, q.length))
     assert (base.nll_own[sl] == pert.nll_own[sl]).all()     # its own pass is causal ...
     assert (base.nll_final[sl] != pert.nll_final[sl]).any()  # ... the reported blend is not
@@ -176,10 +176,10 @@ def test_c4_every_target_scored_exactly_once(tiny_cfg, mode):
     assert res.coverage_tokens == res.target_tokens == val.num_targets == res.own.num_tokens
 
 
-def test_c4_seed_mode_second_pass_is_detected(tiny_cfg):
+def test_c4_pr2139_mode_second_pass_is_detected(tiny_cfg):
     trace: list = []
     val = _val(tiny_cfg.model.vocab_size)
-    res = _run(tiny_cfg, val, "seed", trace=trace)
+    res = _run(tiny_cfg, val, "pr2139", trace=trace)
     counts = Counter(e[2] for e in trace if e[0] == "score")
     assert max(counts.values()) == 2 and (res.score_counts == 2).sum() == res.coverage_tokens > 0
 

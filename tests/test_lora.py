@@ -134,3 +134,26 @@ def test_snapshot_is_frozen_and_equivalent(tiny_cfg):
     assert pool.num_docs == 4
     pool.peer_index = torch.tensor([0, 1, 2])
     torch.testing.assert_close(pool.delta("o", 1, x), expected)
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_delta_dtype_is_the_projection_dtype(tiny_cfg, x_dtype, autocast):
+    """`out + delta` must not promote: the delta takes the dtype of F.linear(x, W.to(x.dtype))."""
+    lora = _lora(tiny_cfg)
+    _randomize_b(lora)
+    frozen = lora.snapshot()
+    frozen.peer_index = torch.tensor([2, 0])
+    x = torch.randn(3, 5, tiny_cfg.model.model_dim).to(x_dtype)
+    w = torch.randn(tiny_cfg.model.kv_dim, tiny_cfg.model.model_dim)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        base = torch.nn.functional.linear(x, w.to(x.dtype))
+        delta = lora.delta("k", 0, x)
+        peer = frozen.delta("k", 0, x[:2])
+    assert delta.dtype == base.dtype == peer.dtype
+    assert (base + delta).dtype == base.dtype
+    # Same numbers as the formula in the projection's dtype (bf16 paths to bf16 rounding).
+    scale = tiny_cfg.ttt.lora_alpha / tiny_cfg.ttt.lora_rank
+    ref = torch.stack([x[b].float() @ lora.a["k_0"][b].T @ lora.b["k_0"][b].T * scale for b in range(3)])
+    tol = 1e-5 if base.dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(delta.float(), ref.detach(), atol=tol, rtol=tol)

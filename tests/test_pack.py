@@ -280,7 +280,7 @@ def run_dir(tmp_path, tiny_json) -> Path:
     (run / "report.json").write_text(json.dumps({
         "val_bpb_prequant": 3.1, "val_bpb_roundtrip": 3.2, "val_loss_roundtrip": 2.2,
         "val_bpb_ttt": 3.0, "val_loss_ttt": 2.05, "val_bpb_ttt_ensemble": 2.9, "peer_compliant": False,
-        "peer_mode": "seed", "steps": 30, "date": "2026-11-25"}))
+        "peer_mode": "pr2139", "steps": 30, "date": "2026-11-25"}))
     return run
 
 
@@ -328,7 +328,7 @@ def test_pack_writes_record_folder(run_dir, tmp_path):
     b = pack.size_breakdown(run_dir)
     assert sub["bytes_code"] == os.path.getsize(out / "train_gpt.py") == b["code_bytes"]
     assert sub["bytes_total"] == b["artifact_bytes"] and sub["bytes_model"] == b["model_bytes"]
-    # The seed-mode ensemble is non-compliant, so the headline is own-only TTT.
+    # The pr2139-mode ensemble is non-compliant, so the headline is own-only TTT.
     assert sub["val_bpb"] == 3.0 and sub["val_loss"] == 2.05
     seed_row = sub["seed_results"][str(load_preset("tiny").train.seed)]
     assert seed_row["val_bpb"] == 3.0 and seed_row["val_bpb_prequant"] == 3.1 and seed_row["val_bpb_ttt_ensemble"] == 2.9

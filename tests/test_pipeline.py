@@ -20,7 +20,7 @@ def test_summary_table_shows_every_stage_and_flags_seed_mode():
     for text in ("2.21810", "2.22140", "2.14820", "2.14100", "25685/25685", "614,263", "seconds: train", "243.9"):
         assert text in out
     assert "NON-COMPLIANT" not in out and "score (val_bpb_ttt_ensemble)" in out
-    flagged = summary_table(Report.from_dict({**rep, "peer_mode": "seed", "peer_compliant": False}))
+    flagged = summary_table(Report.from_dict({**rep, "peer_mode": "pr2139", "peer_compliant": False}))
     assert "NON-COMPLIANT" in flagged and "score (val_bpb_ttt)" in flagged
     assert "-" in summary_table(Report())  # missing figures print as '-', never crash
 

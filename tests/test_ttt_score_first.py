@@ -49,7 +49,7 @@ def test_queue_ties_keep_ascending_batch_index():
     assert [d.index for b in queue for d in b.docs] == [0, 1, 2, 3, 4]
 
 
-def test_seed_chunk_schedule():
+def test_default_chunk_schedule_is_2139s():
     cfg = TTTConfig()  # 256 -> 8, 2000 -> 24, else 48
     assert [chunk_size_for(m, cfg) for m in (2, 256, 257, 2000, 2001, 97114)] == [8, 8, 24, 24, 48, 48]
 
@@ -85,10 +85,11 @@ def test_phase_boundaries_and_pause_points():
     assert pause_points([1, 3, 3, 3], [4, 5]) == [(2, 4), (3, 5)]
 
 
-def test_sgd_stream_keeps_each_docs_targets():
+def test_sgd_stream_keeps_each_docs_span_with_its_trailing_bos():
     tokens = torch.tensor([1, 5, 6, 1, 7, 1, 8, 9, 1])
-    stream = sgd_stream(tokens, [(3, 3), (0, 4)])  # [1 7 1] and [1 5 6 1]
-    assert stream.tolist() == [1, 7, 1, 5, 6, 1]
+    stream = sgd_stream(tokens, [(3, 3), (0, 4)])  # [1 7 1] and [1 5 6 1]: the junction reads BOS BOS, as the seed's
+    assert stream.tolist() == [1, 7, 1, 1, 5, 6, 1]
+    assert sgd_stream(tokens, []).numel() == 0
 
 
 def test_cosine_lr_over_chunks():
@@ -162,9 +163,8 @@ def test_coverage_dump_and_report(tiny_cfg):
     assert res.own.sum_bytes == float(val.token_bytes[1:].sum())
     assert res.nll_own.sum() == pytest.approx(res.own.sum_nats, rel=1e-9)
     assert (res.score_counts == 1).all()
-    fields = res.report_fields()
-    assert fields["val_bpb_ttt"] == fields["val_bpb_ttt_ensemble"] == res.own.bpb()
-    assert fields["peer_mode"] == "off" and fields["route_fraction"] == 0.0 and fields["ttt_compliant"]
+    assert res.headline() == ("own", res.own) and res.ensemble is res.own
+    assert res.peer_mode == "off" and res.route_fraction == 0.0 and res.compliant and not res.peers_on
     assert res.num_batches == 3 and set(res.phase_seconds) >= {"eval_s", "global_sgd_s"}
 
 

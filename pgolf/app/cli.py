@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--data", default=None, help="data directory (default: the one the run trained on)")
     p.add_argument("--ttt", action="store_true", help="run score-first LoRA TTT")
-    p.add_argument("--peer-mode", choices=["off", "causal", "seed"], default=None,
+    p.add_argument("--peer-mode", choices=["off", "causal", "pr2139"], default=None,
                    help="peer-LoRA ensemble: causal (legal, default), seed (#2139, non-compliant) or off")
     p.add_argument("--peer-k", type=int, default=None, help="ensemble size including self (1 disables)")
     p.add_argument("--dump-nll", default=None, metavar="FILE",
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pack", action="store_true", help="skip writing the record folder")
     p.add_argument("--out", default="out/run", help="run directory")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--peer-mode", choices=["off", "causal", "seed"], default=None,
+    p.add_argument("--peer-mode", choices=["off", "causal", "pr2139"], default=None,
                    help="peer-LoRA ensemble mode (sets ttt.peer_mode)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     _add_overrides(p)

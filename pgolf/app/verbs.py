@@ -159,7 +159,7 @@ def cmd_eval(args) -> int:
     packed eval. With --ttt: score-first LoRA TTT with the config's peer ensemble, logging
     own-only and ensemble bpb, coverage and route fraction in the seed's line formats. Phases
     are timed separately and everything lands in RUN/report.json (and RUN/eval.jsonl). A
-    `seed`-mode ensemble is labelled NON-COMPLIANT. --dump-nll: see `dump_paths` (committed
+    `pr2139`-mode ensemble is labelled NON-COMPLIANT. --dump-nll: see `dump_paths` (committed
     NLL float32, target bytes int32, stream position int64 of each target token).
     """
     init_distributed()

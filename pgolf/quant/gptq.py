@@ -5,7 +5,10 @@ columns of W one at a time and pushes each column's rounding error onto the
 columns not yet quantized, weighted by the inverse input Hessian H = E[xxᵀ]
 (from calibration), so that the layer's *output* error tr(ΔW H ΔWᵀ) is small
 rather than the weight error. Columns go in act-order (largest H_jj first) in
-blocks of 128 with the standard lazy batch update.
+blocks of 128 with the standard lazy batch update. The damping, ordering and
+Cholesky factorization of H run in float32 as in the record: a float64
+factorization is more accurate, but it flips a few symbols near rounding
+boundaries (and, through the error, the LQER factors), so it is an option.
 
 Scales are SDClip: one fp16 scale per output row, s = clip_sigmas·std(W_row)/R
 with R = 2^(bits-1) - 1 (31 for int6, 63 for int7), no search; symbols are
@@ -94,18 +97,20 @@ class GPTQResult(NamedTuple):
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, clip_sigmas: float, block_size: int = 128,
                   damp: float = 0.01, protected_cols: torch.Tensor | None = None,
-                  protected_bits: int = 8) -> GPTQResult:
+                  protected_bits: int = 8, factor_dtype: torch.dtype = torch.float32) -> GPTQResult:
     """Quantize W [rows, cols] against the input Hessian H [cols, cols] (runs on W's device).
 
     `protected_cols`: a bool mask [cols] (or column indices) quantized at
     `protected_bits` with s_hi; ignored unless protected_bits > bits.
+    `factor_dtype`: dtype of H's damping and factorization (float32: the record's symbols).
     """
     assert W.ndim == 2 and H.shape == (W.shape[1], W.shape[1]), (W.shape, H.shape)
     device = W.device
     rows, cols = W.shape
     R = qrange(bits)
     W_orig = W.detach().float()
-    H = H.detach().to(device=device, dtype=torch.float64).clone()
+    assert factor_dtype in (torch.float32, torch.float64), factor_dtype
+    H = H.detach().to(device=device, dtype=factor_dtype).clone()
 
     # A column no calibration input ever touched carries no output error:
     # make H well-posed there and quantize it as zero.

@@ -69,7 +69,9 @@ def similarity_order_l1(rows: np.ndarray) -> np.ndarray:
     """Greedy nearest-neighbour chain: start at row 0, repeatedly hop to the closest unused row (L1).
 
     O(n^2 d); the remaining rows are kept compacted (swap-remove) so each hop
-    scans only what is left. Ties go to the lowest position in the remaining set.
+    scans only what is left. Exact ties go to the lowest original row index, as
+    in the record: int8 rows tie often, and any other rule gives a different
+    permutation, so different stream bytes, from the same matrix.
     Returns the visiting order (a permutation of range(n)) as int64.
     """
     n = rows.shape[0]
@@ -84,7 +86,8 @@ def similarity_order_l1(rows: np.ndarray) -> np.ndarray:
     pool[0], ids[0] = pool[live], ids[live]  # drop row 0 from the live prefix
     for k in range(1, n):
         dist = np.abs(pool[:live] - cur).sum(axis=1, dtype=np.int32)
-        j = int(dist.argmin())
+        ties = np.flatnonzero(dist == dist.min())
+        j = int(ties[ids[ties].argmin()])  # swap-remove scrambles positions; break ties on the row index
         order[k] = ids[j]
         cur = pool[j].copy()
         live -= 1

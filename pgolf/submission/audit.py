@@ -12,7 +12,7 @@ per check with the figures behind it:
 
     size         code bytes + model bytes <= cap, equal to the claims
     time         train + calibration <= 600 s, TTT eval <= 600 s, untimed warmups listed
-    legality     peer mode (seed = C1/C4 violation), ensemble coverage (C4), calibration on the clock
+    legality     peer mode (pr2139 = C1/C4 violation), ensemble coverage (C4), calibration on the clock
     data         train shards, val targets, manifest hash (the challenge's 80 / 47,853,343 for record runs)
     consistency  submission.json = report.json = logs, seeds present and counted, one config across seeds
     artifact     the artifact decodes (magic, tag, checksum, streams)
@@ -206,7 +206,7 @@ def check_legality(view: RunView) -> list[Check]:
     checks = []
     mode = rep.get("peer_mode", cfg_get(view.config, "ttt.peer_mode"))
     peer_k = _int(rep.get("peer_k", cfg_get(view.config, "ttt.peer_k"))) or 1
-    if mode == "seed" or rep.get("peer_compliant") is False:
+    if mode in ("pr2139", "seed") or rep.get("peer_compliant") is False:  # "seed": its name before the rename
         checks.append(Check(FAIL, "legality.peer_mode", who,
                             f"peer_mode={mode}: #2139's ensemble is non-compliant (C1: a batch's documents see each "
                             "other; C4: targets scored twice); use peer_mode=causal"))

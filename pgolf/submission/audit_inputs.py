@@ -3,7 +3,7 @@
 A `RunView` holds one run's report.json, config, JSONL logs and the paths of its
 artifact and packed code; a `Submission` is a record folder (submission.json,
 README.md) with the runs of its seeds. Reading never judges: a missing file is
-an empty field, and the checks in `pgolf.audit` decide what that means.
+an empty field, and the checks in `pgolf.submission.audit` decide what that means.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """The record folder `pgolf pack` writes: what a challenge PR carries besides the model.
 
-    RECORD/train_gpt.py       the packed package (pgolf.pack), counted as code bytes
+    RECORD/train_gpt.py       the packed library (pgolf.submission.pack), counted as code bytes
     RECORD/submission.json    the challenge's fields, filled from report.json (never hand-typed)
     RECORD/README.md          generated from the same numbers
     RECORD/config.json, requirements.txt, the logs and report.json
 
 The headline bpb is the last legal stage the run reached (`final_result`): a
-`seed`-mode peer ensemble is not compliant and never becomes the headline.
+`pr2139`-mode peer ensemble is not compliant and never becomes the headline.
 Packing refuses a run whose code + model bytes exceed the cap.
 """
 
@@ -118,7 +118,7 @@ def build_readme(sub: dict, sizes: dict, cfg, logs: list[str]) -> str:
               f"| **total** | **{sizes['artifact_bytes']:,}** |",
               f"| cap / headroom | {sizes['size_cap_bytes']:,} / {sizes['headroom_bytes']:,} |", ""]
     if sub.get("peer_compliant") is False:
-        lines += ["**Note:** the peer ensemble ran in `seed` mode, which is not compliant; the headline "
+        lines += ["**Note:** the peer ensemble ran in `pr2139` mode (#2139 as submitted), which is not compliant; the headline "
                   "metric above excludes it.", ""]
     lines += ["## Reproduce", "",
               "Needs only the third-party packages in `requirements.txt` (not pgolf). From this folder:", "",

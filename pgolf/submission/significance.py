@@ -284,7 +284,7 @@ def format_verdict(candidate: list[SeedResult], baseline: list[SeedResult], v: V
         f"maintainers' practice (lower at p < {PRACTICE_P}): {'PASS' if v.passes_practice else 'FAIL'}",
     ]
     if any(r.compliant is False for r in candidate):
-        lines.append("NOTE: candidate seeds used the 'seed' peer ensemble, which is NOT compliant (C1, C4)")
+        lines.append("NOTE: candidate seeds used the 'pr2139' peer ensemble, which is NOT compliant (C1, C4)")
     if any(r.config_hash is None and r.key for r in candidate + baseline):
         lines.append("NOTE: some reports carry no config, so their same-config check was skipped")
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Peer-LoRA ensemble: blend a document's own TTT prediction with other documents' adapters.
+"""Peer-LoRA ensemble: the interface the score-first loop calls, and the blend every mode scores with.
 
 For a token whose own predictive entropy H_t (nats, from the own distribution
 only, never the target) is at least `peer_conf_threshold`, the scored
@@ -12,103 +12,93 @@ target is the mixture of the members' probabilities at the target, so keeping
 one number per peer and position is exact (`blended_distribution` builds the
 full vector for audits).
 
-Two modes differ only in *which* adapters are peers and *when* they are used:
+The modes (`ttt.peer_mode`, mapped to a class by `peer_modes.make_ensemble`)
+differ only in *which* adapters are peers and *when* they are used:
 
-- `causal` (legal by construction): a fixed total order of documents; document q
-  uses only adapters of documents whose scoring finished before q's scoring
-  began. On one rank the peers of batch b are drawn from the batch(es) this rank
-  finished just before (`PeerPool`); a rank's first batch is own-only. The peer
-  predictions are computed before q's chunk loop (frozen adapters, the same
-  sliding-window context as scoring) and the blend is the one committed score.
-- `seed` (#2139 as submitted; non-compliant): peers are the other documents of
-  the same batch, drawn after the batch's chunk loop, and the whole batch is
-  re-scored in non-overlapping windows (`seed_peer_ids`, `seed_block_spans`).
-  Document p then depends on q and q on p (C1) and tokens are scored twice (C4).
-
-The loops that run the model live in `pgolf.ttt.score_first`; this module holds
-the pure parts: peer selection, the pool of finished adapters and the blend.
+- `off` (`own_only.OwnOnly`): no peers; the committed score is the own score.
+- `causal` (`causal_ensemble.CausalEnsemble`, legal by construction): peers are
+  adapters of documents whose scoring finished before this batch began; the
+  blend is the one committed score.
+- `pr2139` (`pr2139_ensemble.PR2139Ensemble`, #2139 as submitted,
+  non-compliant): peers are the other documents of the same batch, and the
+  batch is re-scored after its chunk loop. Reproduced for comparison only.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import torch
 
-from pgolf.ttt.lora import FrozenLoRA
+if TYPE_CHECKING:
+    from pgolf.ttt.lora import BatchedLoRA, FrozenLoRA
+    from pgolf.ttt.windows import DocSpan, TTTBatch, Windows
 
 MIN_PROB = 1e-40
-"""Floor of the blended probability before the log (the seed's clamp)."""
+"""Floor of the blended probability before the log (#2139's clamp)."""
 
 
-def _generator(peer_seed: int, batch_idx: int) -> torch.Generator:
+# --------------------------------------------------------------------------- the interface
+
+
+class ScoreSink(Protocol):
+    """What the score-first loop lends an ensemble: the model's forward and the ensemble's meter."""
+
+    tokens: torch.Tensor
+    """The validation stream (CPU); `windows.build_windows` reads it."""
+    device: torch.device
+
+    def peer_nll(self, adapters: BatchedLoRA | FrozenLoRA, w: Windows) -> torch.Tensor:
+        """NLL [n, S] of `w`'s scored targets through `adapters`, routed by their `peer_index`."""
+
+    def commit_ensemble(self, w: Windows, final: torch.Tensor, routed: torch.Tensor | None) -> None:
+        """Commit `final` [n, S] as the ensemble's score of `w`'s valid targets (`routed`: those blended)."""
+
+    def record_rescore(self, docs: Sequence[DocSpan], w: Windows) -> None:
+        """Count a second score of `w`'s valid targets (dump counts, trace); only a non-compliant mode does this."""
+
+
+class Ensemble(Protocol):
+    """One peer mode, driven by the score-first loop through four hooks.
+
+    Per batch: `before_batch`, then per chunk `commit` (right after the own
+    score is committed and before any update that uses the chunk), then
+    `after_batch` once the batch's adapters are final. `base_changed` runs when
+    global SGD has adapted the base model.
+    """
+
+    compliant: bool
+    """C1 (causality across documents) and C4 (one score per target) hold."""
+    covers_every_target: bool
+    """The ensemble commits a score for every target (False: only for some batches)."""
+    peers_on: bool
+    """Peers take part (a mode with peers and K > 1); False: the committed score is the own score."""
+
+    def before_batch(self, batch: TTTBatch, chunk: int) -> bool:
+        """Prepare `batch` (scored in chunks of `chunk` targets); True if `commit` needs the own entropy."""
+
+    def commit(self, rows: Sequence[int], w: Windows, nll: torch.Tensor, entropy: torch.Tensor | None) -> None:
+        """The own scores `nll` [n, S] (detached) of a chunk: row i of `w` is batch row rows[i]."""
+
+    def after_batch(self, batch: TTTBatch, lora: BatchedLoRA) -> None:
+        """The batch's chunk loop is done; `lora` holds its final adapters (peer_index None)."""
+
+    def base_changed(self) -> None:
+        """Global SGD changed the base model: adapters fit to the old base are no peers any more."""
+
+    def warmup_peers(self, lora: BatchedLoRA) -> BatchedLoRA | FrozenLoRA | None:
+        """Adapters of the kind this mode's peer forwards run through (for compile warmup); None: no peer forwards."""
+
+
+# --------------------------------------------------------------------------- the blend
+
+
+def peer_generator(peer_seed: int, batch_idx: int) -> torch.Generator:
+    """The RNG of one batch's peer draw: #2139's seeding, masked to the 31 bits manual_seed accepts everywhere."""
     g = torch.Generator(device="cpu")
     g.manual_seed((peer_seed * 1013 + batch_idx) & 0x7FFFFFFF)
     return g
-
-
-def seed_peer_ids(bsz: int, k: int, peer_seed: int, batch_idx: int) -> torch.Tensor:
-    """#2139's draw: for each row in order, K-1 distinct other rows of the same batch -> long [bsz, K-1]."""
-    assert 2 <= k <= bsz, f"need 2 <= K <= bsz, got K={k}, bsz={bsz}"
-    g = _generator(peer_seed, batch_idx)
-    out = torch.empty(bsz, k - 1, dtype=torch.long)
-    for row in range(bsz):
-        others = torch.tensor([i for i in range(bsz) if i != row], dtype=torch.long)
-        out[row] = others[torch.randperm(bsz - 1, generator=g)[: k - 1]]
-    return out
-
-
-def causal_peer_ids(num_rows: int, pool_size: int, k: int, peer_seed: int, batch_idx: int) -> torch.Tensor:
-    """K-1 distinct documents of the pool of finished adapters per row -> long [num_rows, min(K-1, pool_size)].
-
-    Every pool member finished before any row of this batch started, so any
-    choice is legal; the draw is seeded like the seed's for reproducibility.
-    """
-    num_peers = min(k - 1, pool_size)
-    g = _generator(peer_seed, batch_idx)
-    out = torch.empty(num_rows, num_peers, dtype=torch.long)
-    for row in range(num_rows):
-        out[row] = torch.randperm(pool_size, generator=g)[:num_peers]
-    return out
-
-
-def seed_block_spans(pred_len: int, window_tokens: int) -> list[tuple[int, int, int]]:
-    """#2139's peer re-scoring windows: non-overlapping blocks [c, c+window) as (win_start, score_start, score_end)."""
-    return [(c, c, min(c + window_tokens, pred_len)) for c in range(0, pred_len, window_tokens)]
-
-
-class PeerPool:
-    """Frozen adapters of the most recently finished documents on this rank (the causal mode's peers).
-
-    After a batch finishes, `add(snapshot)` makes its adapters available to the
-    *next* batch. The pool keeps the newest snapshots holding at least K-1
-    documents (older ones are dropped), so a small batch does not leave the next
-    batch short of peers.
-    """
-
-    def __init__(self, k: int):
-        self.k = k
-        self._parts: list[FrozenLoRA] = []
-
-    def add(self, snap: FrozenLoRA) -> None:
-        self._parts.insert(0, snap)
-        kept, total = [], 0
-        for part in self._parts:
-            if total >= self.k - 1:
-                break
-            kept.append(part)
-            total += part.num_docs
-        self._parts = kept
-
-    def clear(self) -> None:
-        self._parts = []
-
-    @property
-    def num_docs(self) -> int:
-        return sum(p.num_docs for p in self._parts)
-
-    def adapters(self) -> FrozenLoRA | None:
-        return FrozenLoRA.concat(self._parts) if self._parts else None
 
 
 def entropy_nats(log_probs: torch.Tensor) -> torch.Tensor:
@@ -125,6 +115,7 @@ def blend_nll(nll_own: torch.Tensor, peer_prob_mean: torch.Tensor, entropy: torc
     `nll_own` bit for bit, so a threshold above log V reproduces own-only TTT.
     """
     routed = entropy >= threshold
+    # Mixed in float64 (as #2139 does): exp(-nll) of a very unlikely target underflows float32.
     p_own = torch.exp(-nll_own.double())
     p_mix = blend_w * p_own + (1.0 - blend_w) * peer_prob_mean.double()
     nll_mix = -torch.log(p_mix.clamp_min(MIN_PROB))

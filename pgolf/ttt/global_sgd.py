@@ -36,8 +36,6 @@ from pgolf.config import TTTConfig
 from pgolf.distributed import all_reduce_sum, get_dist
 from pgolf.loader import build_cu_seqlens
 
-BOS_ID = 1
-
 
 def phase_boundaries(prefix_docs: int, num_phases: int, total_docs: int) -> list[int]:
     """Document counts after which scoring pauses for SGD; boundaries that leave nothing to score are dropped."""
@@ -61,15 +59,17 @@ def pause_points(batch_sizes: Sequence[int], boundaries: Sequence[int]) -> list[
 
 
 def sgd_stream(tokens: torch.Tensor, spans: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """One token stream holding the targets of exactly these documents.
+    """One token stream: the documents' spans concatenated, each with its trailing BOS.
 
-    Each doc `(start, length)` spans [BOS .. next BOS]; its own span without the
-    trailing BOS is appended, and one BOS closes the stream, so every doc's
-    last target (the next document's BOS) is kept and no BOS is duplicated.
+    Each doc `(start, length)` spans [BOS .. next BOS], so consecutive documents
+    meet as `BOS BOS`, exactly as in the record: every junction adds one
+    BOS -> BOS target (a one-token segment once packed) and shifts the chunk
+    and sequence boundaries by one token per document. Dropping the duplicate
+    would be tidier but trains on a different stream than the record's.
     """
-    parts = [tokens[s: s + n - 1] for s, n in spans]
-    parts.append(torch.tensor([BOS_ID], dtype=tokens.dtype))
-    return torch.cat(parts)
+    if not spans:
+        return tokens[:0]
+    return torch.cat([tokens[s: s + n] for s, n in spans])
 
 
 def cosine_lr(base_lr: float, ci: int, num_chunks: int) -> float:

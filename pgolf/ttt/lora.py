@@ -51,14 +51,21 @@ def _key(site: str, slot: int) -> str:
 
 def _apply(a: torch.Tensor, b: torch.Tensor, x: torch.Tensor, scale: float,
            index: torch.Tensor | None) -> torch.Tensor:
-    """Row-wise (x A^T) B^T * scale; `index` picks the adapter row of each activation row."""
+    """Row-wise (x A^T) B^T * scale; `index` picks the adapter row of each activation row.
+
+    The delta comes out in the dtype of the projection it is added to, `F.linear(x, W.to(x.dtype))`:
+    x's dtype, or the autocast dtype under autocast. The adapters are cast to x (never x to the
+    adapters), so `out + delta` never promotes: an fp32 delta on a bf16 K projection would hand
+    attention a fp32 k beside bf16 q and v, which FlashAttention 3 rejects. With fp32 x and fp32
+    adapters (CPU) the casts are no-ops.
+    """
     if index is not None:
         a, b = a[index], b[index]
     assert x.shape[0] == a.shape[0], f"{x.shape[0]} activation rows for {a.shape[0]} adapters"
     lead = x.shape
     x3 = x.reshape(lead[0], -1, lead[-1])
-    out = torch.bmm(torch.bmm(x3.to(a.dtype), a.transpose(1, 2)), b.transpose(1, 2)) * scale
-    return out.reshape(*lead[:-1], b.shape[1]).to(x.dtype)
+    out = torch.bmm(torch.bmm(x3, a.to(x.dtype).transpose(1, 2)), b.to(x.dtype).transpose(1, 2)) * scale
+    return out.reshape(*lead[:-1], b.shape[1])
 
 
 class BatchedLoRA(nn.Module):

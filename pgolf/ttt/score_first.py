@@ -1,25 +1,29 @@
 """Score-first test-time training: every target is scored once, before any update that uses it.
 
-The scored evaluation of the record (and of the seed, #2139). Documents are
-split at BOS, sorted by length and cut into batches of `batch_size` that are
-processed longest first; each batch gets one LoRA row per document
-(`BatchedLoRA`, base model frozen). A document of `pred_len` targets is cut into
-chunks of C targets (C from the batch's longest document via
-`short_chunk_steps`, else `chunk_size`); chunk ci of a document runs a forward
-over the window [max(0, end - eval_seq_len), end) that ends at the chunk's end:
+The scored evaluation of the record and of #2139. Documents are split at BOS,
+sorted by length and cut into batches of `batch_size` that are processed
+longest first; each batch gets one LoRA row per document (`BatchedLoRA`, base
+model frozen). A document of `pred_len` targets is cut into chunks of C targets
+(C from the batch's longest document via `short_chunk_steps`, else
+`chunk_size`); chunk ci of a document runs a forward over the window
+[max(0, end - eval_seq_len), end) that ends at the chunk's end (`windows.py`):
 
+    ensemble.before_batch(batch)
     for ci in chunks:
         logits = model(window, adapters=lora)          one forward, all active docs of the batch
-        commit score(chunk targets)                    detached, into the meter(s), BEFORE backward
+        commit own score(chunk targets)                detached, into the meter(s), BEFORE backward
+        ensemble.commit(chunk scores)                  the committed ensemble score (or a stash)
         if not the doc's last chunk:
             AdamW step on sum_docs mean_chunk NLL      the same forward's graph
+    ensemble.after_batch(batch, lora)
 
 Scoring and training share one forward; the score is detached and committed to
 the meters (and to the C3 trace) before `backward()` runs, so no update can
 influence it. A document's last chunk is never trained on. After the first P
 documents of the queue are scored, phased global SGD (`global_sgd.py`) adapts
-the base model on exactly those documents. The peer ensemble
-(`ensemble.py`) changes which probability is committed, never when.
+the base model on exactly those documents. The peer ensemble (`ttt.peer_mode`,
+an `Ensemble` from `peer_modes.make_ensemble`) changes which probability is
+committed; this loop does not know which mode runs.
 
 Work sharing: ranks claim queue batches one at a time through a counter (the
 torch.distributed store; a local counter on one process); meters are
@@ -40,109 +44,13 @@ import torch
 import torch.distributed as dist
 
 from pgolf.bpb import BpbMeter
-from pgolf.config import RunConfig, TTTConfig
+from pgolf.config import RunConfig
 from pgolf.distributed import all_reduce_sum, autocast, barrier, get_dist
-from pgolf.ttt import ensemble as ens
 from pgolf.ttt.global_sgd import pause_points, phase_boundaries, run_global_sgd, sgd_stream
-from pgolf.ttt.lora import BatchedLoRA
-
-# --------------------------------------------------------------------------- documents and chunks
-
-
-@dataclass(frozen=True)
-class DocSpan:
-    index: int
-    """Position in `val.docs` (the stream order)."""
-    start: int
-    """Stream index of the document's BOS."""
-    length: int
-    """Tokens from its BOS to the next BOS inclusive; targets are start+1 .. start+length-1."""
-
-    @property
-    def pred_len(self) -> int:
-        return self.length - 1
-
-
-@dataclass(frozen=True)
-class TTTBatch:
-    batch_idx: int
-    """Index in ascending-length order (the seed's orig_batch_idx)."""
-    docs: tuple[DocSpan, ...]
-    """Ascending length: row b is the b-th shortest."""
-
-    @property
-    def max_len(self) -> int:
-        return max(d.length for d in self.docs)
-
-
-def build_queue(docs: Sequence[tuple[int, int]], batch_size: int) -> list[TTTBatch]:
-    """Sort docs by length (stable), cut into batches, order the batches by longest doc, descending (stable)."""
-    spans = sorted((DocSpan(i, int(s), int(n)) for i, (s, n) in enumerate(docs) if n > 1), key=lambda d: d.length)
-    batches = [TTTBatch(bi, tuple(spans[i: i + batch_size])) for bi, i in enumerate(range(0, len(spans), batch_size))]
-    return sorted(batches, key=lambda b: -b.max_len)
-
-
-def chunk_size_for(max_doc_len: int, cfg: TTTConfig) -> int:
-    """C for a batch whose longest doc has `max_doc_len` tokens: the first short step that fits, else chunk_size."""
-    for doc_len, chunk in sorted(cfg.short_chunk_steps):
-        if max_doc_len <= doc_len:
-            return chunk
-    return cfg.chunk_size
-
-
-def num_chunks(pred_len: int, chunk: int) -> int:
-    return (pred_len + chunk - 1) // chunk
-
-
-def chunk_span(ci: int, pred_len: int, chunk: int, window_tokens: int) -> tuple[int, int, int]:
-    """(window start, chunk start, chunk end) in doc target coordinates; the window ends at the chunk's end."""
-    end = min((ci + 1) * chunk, pred_len)
-    return max(0, end - window_tokens), ci * chunk, end
-
-
-@dataclass
-class Windows:
-    """One forward's inputs for a set of docs and, per doc, the targets it scores."""
-    x: torch.Tensor           # long [n, W] inputs (0 past a row's window)
-    y: torch.Tensor           # long [n, W] next tokens
-    cols: torch.Tensor        # long [n, S] column of each scored target
-    valid: torch.Tensor       # bool [n, S]
-    tpos: torch.Tensor        # long [n, S] doc target index (0 where invalid)
-    stream_pos: torch.Tensor  # long [n, S] stream index of the target token
-    spans: list[tuple[int, int, int]]
-
-
-def build_windows(tokens: torch.Tensor, docs: Sequence[DocSpan], spans: Sequence[tuple[int, int, int]]) -> Windows:
-    """Row i feeds doc targets [win_start, end) of docs[i] and scores targets [score_start, end)."""
-    assert len(docs) == len(spans) > 0
-    starts = torch.tensor([d.start + ws for d, (ws, _, _) in zip(docs, spans)])
-    widths = torch.tensor([e - ws for ws, _, e in spans])
-    offsets = torch.tensor([ss - ws for ws, ss, _ in spans])
-    counts = torch.tensor([e - ss for _, ss, e in spans])
-    width, num_scored = int(widths.max()), int(counts.max())
-    col = torch.arange(width + 1)
-    gathered = tokens[(starts[:, None] + col[None]).clamp_(max=tokens.numel() - 1)].long()
-    inside = col[None, :width] < widths[:, None]
-    j = torch.arange(num_scored)
-    valid = j[None] < counts[:, None]
-    tpos = torch.where(valid, torch.tensor([ss for _, ss, _ in spans])[:, None] + j[None], 0)
-    return Windows(x=torch.where(inside, gathered[:, :width], 0), y=torch.where(inside, gathered[:, 1:], 0),
-                   cols=(offsets[:, None] + j[None]).clamp_(max=width - 1), valid=valid, tpos=tpos,
-                   stream_pos=torch.tensor([d.start + 1 for d in docs])[:, None] + tpos, spans=list(spans))
-
-
-def score_windows(fwd, adapters, w: Windows, device: torch.device, autocast, *,
-                  want_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """NLL [n, S] of the scored targets (carrying the graph if grad is enabled) and the own entropy (detached)."""
-    with autocast():
-        logits = fwd(w.x.to(device), adapters=adapters)
-    rows = torch.arange(w.x.shape[0], device=device)[:, None]
-    cols = w.cols.to(device)
-    logp = torch.log_softmax(logits[rows, cols].float(), dim=-1)                # [n, S, V]
-    nll = -logp.gather(-1, w.y.to(device)[rows, cols][..., None]).squeeze(-1)
-    entropy = ens.entropy_nats(logp.detach()) if want_entropy else None
-    return nll, entropy
-
+from pgolf.ttt.lora import BatchedLoRA, FrozenLoRA
+from pgolf.ttt.peer_modes import make_ensemble
+from pgolf.ttt.windows import (DocSpan, TTTBatch, Windows, build_queue, build_windows, chunk_size_for, chunk_span,
+                               num_chunks, score_windows)
 
 # --------------------------------------------------------------------------- result
 
@@ -151,11 +59,13 @@ def score_windows(fwd, adapters, w: Windows, device: torch.device, autocast, *,
 class TTTResult:
     own: BpbMeter
     """Score-first TTT, own adapters only (the record's number)."""
-    ensemble: BpbMeter
-    """The committed peer-ensemble score (== own when peer_mode is off); seed mode: covered batches only."""
+    ensemble_meter: BpbMeter
+    """Every score the ensemble committed: `coverage_tokens` targets (off: the own scores again)."""
     peer_mode: str
     compliant: bool
-    """False for `seed` mode: symmetric cross-document dependence (C1) and a second scoring pass (C4)."""
+    """False for `pr2139`: cross-document dependence inside a batch (C1) and a second scoring pass (C4)."""
+    peers_on: bool
+    """Peers took part: a mode with peers and peer_k > 1."""
     coverage_tokens: int
     """Targets in the ensemble meter."""
     target_tokens: int
@@ -171,17 +81,32 @@ class TTTResult:
     score_counts: np.ndarray | None = None
 
     @property
+    def peers_scored(self) -> bool:
+        """Peers took part and the ensemble meter holds at least one target."""
+        return self.peers_on and self.coverage_tokens > 0
+
+    @property
+    def ensemble(self) -> BpbMeter:
+        """The mode's own figure: the ensemble meter if peers scored any target, else the own score.
+
+        A non-compliant mode's figure is reported beside the headline, never as
+        it; for `pr2139` it may cover only some batches (`coverage_tokens`).
+        """
+        return self.ensemble_meter if self.peers_scored else self.own
+
+    def headline(self) -> tuple[str, BpbMeter]:
+        """The run's TTT score, decided here only: ("ensemble", meter) or ("own", meter).
+
+        The ensemble when a compliant mode's peers scored targets; otherwise
+        (no peers, or a non-compliant mode) the own-adapter score.
+        """
+        if self.compliant and self.peers_scored:
+            return "ensemble", self.ensemble_meter
+        return "own", self.own
+
+    @property
     def route_fraction(self) -> float:
         return self.routed_tokens / self.coverage_tokens if self.coverage_tokens else 0.0
-
-    def report_fields(self) -> dict[str, Any]:
-        """The report.json fields of the TTT phase."""
-        return {"val_bpb_ttt": self.own.bpb(), "val_loss_ttt": self.own.loss(),
-                "val_bpb_ttt_ensemble": self.ensemble.bpb(), "val_loss_ttt_ensemble": self.ensemble.loss(),
-                "peer_mode": self.peer_mode, "ttt_compliant": self.compliant,
-                "route_fraction": self.route_fraction, "coverage_tokens": self.coverage_tokens,
-                "target_tokens": self.target_tokens, "ttt_num_global_phases": self.num_global_phases,
-                "ttt_phase_seconds": dict(self.phase_seconds)}
 
 
 # --------------------------------------------------------------------------- work sharing
@@ -197,7 +122,7 @@ class _Claimer:
         self.store = None
         if dist.is_initialized() and dist.get_world_size() > 1:
             # The process group's own key-value store: an atomic add shared by all ranks, no files
-            # (the seed used a flock'ed counter file in /tmp). torch has no public getter for it.
+            # (#2139 used a flock'ed counter file in /tmp). torch has no public getter for it.
             self.store = dist.distributed_c10d._get_default_store()
         self.local: dict[str, int] = {}
 
@@ -219,7 +144,7 @@ def _use_compile(cfg: RunConfig, device: torch.device) -> bool:
 
 
 class _Run:
-    """State of one `run_ttt` call on one rank."""
+    """State of one `run_ttt` call on one rank; the `ScoreSink` its ensemble scores through."""
 
     def __init__(self, model, val, cfg: RunConfig, trace: list | None, dump: bool):
         self.model, self.val, self.cfg, self.t = model, val, cfg, cfg.ttt
@@ -229,13 +154,14 @@ class _Run:
         self.fwd = model
         self.tokens = val.tokens.cpu()
         self.token_bytes = val.token_bytes.cpu()
-        self.own, self.ens = BpbMeter(), BpbMeter()
+        self.own, self.ensemble_meter = BpbMeter(), BpbMeter()
+        self._bytes_of: Windows | None = None  # the windows whose target bytes `_bytes` holds
+        self._bytes: torch.Tensor | None = None
         self.routed = torch.zeros((), dtype=torch.float64, device=self.device)  # on device: no sync per chunk
         self.covered = torch.zeros((), dtype=torch.float64, device=self.device)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.reusable: BatchedLoRA | None = None
-        self.k = self.t.peer_k if self.t.peer_mode != "off" else 1
-        self.pool = ens.PeerPool(self.k)
+        self.ensemble = make_ensemble(self.t, self)
         n = self.tokens.numel()
         self.nll_own = torch.zeros(n, dtype=torch.float64) if dump else None
         self.nll_final = torch.zeros(n, dtype=torch.float64) if dump else None
@@ -257,29 +183,48 @@ class _Run:
         return torch.optim.AdamW(lora.parameters(), lr=t.lora_lr * t.local_lr_mult, betas=(t.beta1, t.beta2),
                                  eps=t.eps, weight_decay=t.weight_decay, fused=self.device.type == "cuda")
 
-    # -- bookkeeping
+    # -- bookkeeping (the ScoreSink)
+    def target_bytes(self, w: Windows) -> torch.Tensor:
+        """Bytes of `w`'s valid targets, on the device."""
+        # The own and the ensemble commit of a chunk share one host-to-device copy.
+        if self._bytes_of is not w:
+            self._bytes_of, self._bytes = w, self.token_bytes[w.stream_pos[w.valid]].to(self.device)
+        return self._bytes
+
     def commit_own(self, docs: Sequence[DocSpan], w: Windows, nll: torch.Tensor) -> None:
         """Commit the own-adapter scores of `w`'s valid targets, before any update that uses them."""
         valid = w.valid.to(nll.device)
-        self.own.add(nll[valid], self.token_bytes[w.stream_pos[w.valid]].to(nll.device))
+        self.own.add(nll[valid], self.target_bytes(w))
         if self.dump:
             pos = w.stream_pos[w.valid]
             self.nll_own[pos] = nll[valid].double().cpu()
-            self.nll_final[pos] = self.nll_own[pos]
+            self.nll_final[pos] = self.nll_own[pos]  # until an ensemble commits another score for it
             self.counts[pos] += 1
         if self.trace is not None:
             for i, d in enumerate(docs):
                 self.trace.extend(("score", d.index, int(p)) for p in w.stream_pos[i][w.valid[i]])
 
     def commit_ensemble(self, w: Windows, final: torch.Tensor, routed: torch.Tensor | None) -> None:
-        """The ensemble's score of the same targets (causal: the committed blend; seed: the re-score)."""
+        """The ensemble's score of `w`'s valid targets into the ensemble meter (and the dump's final NLL)."""
         valid = w.valid.to(final.device)
-        self.ens.add(final[valid], self.token_bytes[w.stream_pos[w.valid]].to(final.device))
+        self.ensemble_meter.add(final[valid], self.target_bytes(w))
         self.covered += valid.sum()
         if routed is not None:
             self.routed += (routed & valid).sum()
         if self.dump:
             self.nll_final[w.stream_pos[w.valid]] = final[valid].double().cpu()
+
+    def record_rescore(self, docs: Sequence[DocSpan], w: Windows) -> None:
+        """A second score of `w`'s valid targets: counted in the dump and traced, so C4 checks see it."""
+        if self.dump:
+            self.counts[w.stream_pos[w.valid]] += 1
+        if self.trace is not None:
+            for i, d in enumerate(docs):
+                self.trace.extend(("score", d.index, int(p)) for p in w.stream_pos[i][w.valid[i]])
+
+    def peer_nll(self, adapters: BatchedLoRA | FrozenLoRA, w: Windows) -> torch.Tensor:
+        nll, _ = score_windows(self.fwd, adapters, w, self.device, self.autocast, want_entropy=False)
+        return nll
 
     def trace_update(self, docs: Sequence[DocSpan], w: Windows, rows: Sequence[int]) -> None:
         """An update uses every target of each trained row's window (the chunk's and its context's)."""
@@ -296,42 +241,26 @@ class _Run:
         opt = self.optimizer(lora)
         chunk = chunk_size_for(batch.max_len, t)
         ncs = [num_chunks(d.pred_len, chunk) for d in docs]
-        peer_prob = None
-        if t.peer_mode == "causal" and self.k > 1 and self.pool.num_docs > 0:
-            peer_prob = self.causal_peer_probs(batch, chunk)
-        seed_ens = t.peer_mode == "seed" and self.k > 1 and bsz >= self.k
-        if seed_ens:  # #2139's stashes of the own pass, blended after the batch
-            max_pred = max(d.pred_len for d in docs)
-            own_stash = torch.zeros(bsz, max_pred, device=self.device)
-            ent_stash = torch.zeros(bsz, max_pred, device=self.device)
+        want_entropy = self.ensemble.before_batch(batch, chunk)
         for ci in range(max(ncs)):
+            # Docs shorter than ci+1 chunks are done; the rest share this chunk's forward.
             rows = [b for b in range(bsz) if ci < ncs[b]]
+            # A doc's last chunk is scored but never trained on: no later target of the doc would use it.
             train_rows = [i for i, b in enumerate(rows) if ci < ncs[b] - 1]
             sub = [docs[b] for b in rows]
             w = build_windows(self.tokens, sub, [chunk_span(ci, d.pred_len, chunk, t.eval_seq_len) for d in sub])
+            # Activation row i must use adapter row rows[i] once finished docs have dropped out.
             lora.peer_index = None if len(rows) == bsz else torch.tensor(rows, device=self.device)
-            with torch.set_grad_enabled(bool(train_rows)):
+            with torch.set_grad_enabled(bool(train_rows)):  # no graph when no row of the chunk trains
                 nll, entropy = score_windows(self.fwd, lora, w, self.device, self.autocast,
-                                             want_entropy=peer_prob is not None or seed_ens)
+                                             want_entropy=want_entropy)
             nll_d = nll.detach()
             self.commit_own(sub, w, nll_d)
-            if t.peer_mode == "causal":
-                if peer_prob is None:  # nothing finished before this batch: own-only, still covered
-                    self.commit_ensemble(w, nll_d, None)
-                else:
-                    pp = peer_prob[torch.tensor(rows)[:, None], w.tpos].to(self.device)
-                    self.commit_ensemble(w, *ens.blend_nll(nll_d, pp, entropy, t.peer_conf_threshold,
-                                                           t.peer_blend_w))
-            elif seed_ens:
-                v = w.valid.to(self.device)
-                r = torch.tensor(rows, device=self.device)[:, None].expand_as(v)[v]
-                tp = w.tpos.to(self.device)[v]
-                own_stash[r, tp] = nll_d[v]
-                ent_stash[r, tp] = entropy[v]
+            self.ensemble.commit(rows, w, nll_d, entropy)
             # Scores are committed; only now may the chunk's targets update the adapters.
             with torch.enable_grad():
                 for step in range(t.grad_steps if train_rows else 0):
-                    if step > 0:
+                    if step > 0:  # later steps need a fresh forward through the updated adapters
                         nll, _ = score_windows(self.fwd, lora, w, self.device, self.autocast, want_entropy=False)
                     mask = torch.zeros(len(rows), 1, device=self.device)
                     mask[train_rows] = 1.0
@@ -340,73 +269,9 @@ class _Run:
                     loss.backward()
                     opt.step()
                     self.trace_update(sub, w, train_rows)
-            del nll
-        lora.peer_index = None
-        if seed_ens:
-            self.seed_peer_pass(batch, lora, own_stash, ent_stash)
-        if t.peer_mode == "causal" and self.k > 1:
-            self.pool.add(lora.snapshot())
-
-    # -- peers
-    def causal_peer_probs(self, batch: TTTBatch, chunk: int) -> torch.Tensor:
-        """Mean over frozen peers of p_peer(actual next token) per doc target [bsz, max_pred] (float64, CPU).
-
-        Peers are finished, so their prediction at t depends only on the doc's
-        prefix: computed before the chunk loop, with the scoring context rule
-        (targets of the first eval_seq_len//C chunks all see the doc from its
-        start, so one forward covers them; later chunks use their own window).
-        """
-        t, docs = self.t, batch.docs
-        pool = self.pool.adapters()
-        ids = ens.causal_peer_ids(len(docs), pool.num_docs, self.k, t.peer_seed, batch.batch_idx)
-        ncs = [num_chunks(d.pred_len, chunk) for d in docs]
-        first = t.eval_seq_len // chunk
-        plans = [[(b, (0, 0, min(first * chunk, d.pred_len))) for b, d in enumerate(docs)]]
-        for ci in range(first, max(ncs)):
-            plans.append([(b, chunk_span(ci, d.pred_len, chunk, t.eval_seq_len))
-                          for b, d in enumerate(docs) if ci < ncs[b]])
-        prob_sum = torch.zeros(len(docs), max(d.pred_len for d in docs), dtype=torch.float64)
-        with torch.no_grad():
-            for s in range(ids.shape[1]):
-                for plan in plans:
-                    rows = [b for b, _ in plan]
-                    w = build_windows(self.tokens, [docs[b] for b in rows], [sp for _, sp in plan])
-                    pool.peer_index = ids[rows, s].to(self.device)
-                    nll, _ = score_windows(self.fwd, pool, w, self.device, self.autocast, want_entropy=False)
-                    r = torch.tensor(rows)[:, None].expand_as(w.tpos)
-                    prob_sum[r[w.valid], w.tpos[w.valid]] += torch.exp(-nll.double()).cpu()[w.valid]
-        pool.peer_index = None
-        return prob_sum / ids.shape[1]
-
-    def seed_peer_pass(self, batch: TTTBatch, lora: BatchedLoRA, own_stash, ent_stash) -> None:
-        """#2139: re-score the batch with in-batch peers in non-overlapping windows, then blend (a second pass)."""
-        t, docs, bsz = self.t, batch.docs, len(batch.docs)
-        ids = ens.seed_peer_ids(bsz, self.k, t.peer_seed, batch.batch_idx)
-        max_pred = own_stash.shape[1]
-        prob_sum = torch.zeros(bsz, max_pred, dtype=torch.float64, device=self.device)
-        with torch.no_grad():
-            for s in range(self.k - 1):
-                for c in range(0, max_pred, t.eval_seq_len):
-                    rows = [b for b in range(bsz) if c < docs[b].pred_len]
-                    spans = [(c, c, min(c + t.eval_seq_len, docs[b].pred_len)) for b in rows]
-                    w = build_windows(self.tokens, [docs[b] for b in rows], spans)
-                    lora.peer_index = ids[rows, s].to(self.device)
-                    nll, _ = score_windows(self.fwd, lora, w, self.device, self.autocast, want_entropy=False)
-                    r = torch.tensor(rows, device=self.device)[:, None].expand_as(nll)
-                    v = w.valid.to(self.device)
-                    prob_sum.index_put_((r[v], w.tpos.to(self.device)[v]), torch.exp(-nll.double())[v],
-                                        accumulate=True)
-        lora.peer_index = None
-        w = build_windows(self.tokens, docs, [(0, 0, d.pred_len) for d in docs])
-        r, tp = torch.arange(bsz, device=self.device)[:, None], w.tpos.to(self.device)
-        final, routed = ens.blend_nll(own_stash[r, tp], (prob_sum / (self.k - 1))[r, tp], ent_stash[r, tp],
-                                      t.peer_conf_threshold, t.peer_blend_w)
-        self.commit_ensemble(w, final, routed)
-        if self.dump:
-            self.counts[w.stream_pos[w.valid]] += 1
-        if self.trace is not None:  # the re-score is a second score of every target (C4)
-            for i, d in enumerate(docs):
-                self.trace.extend(("score", d.index, int(p)) for p in w.stream_pos[i][w.valid[i]])
+            del nll  # frees this chunk's graph before the next forward
+        lora.peer_index = None  # the batch's final adapters, unrouted, for the ensemble and the next batch
+        self.ensemble.after_batch(batch, lora)
 
 
 def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool = False, log=None) -> TTTResult:
@@ -456,7 +321,7 @@ def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool
                 stream = sgd_stream(run.tokens, [(doc.start, doc.length) for doc in ordered])
                 info = run_global_sgd(model, stream, t, autocast=run.autocast)
                 run.reusable = None  # rebuilt with fresh A for the adapted base
-                run.pool.clear()     # finished adapters were fit to the old base
+                run.ensemble.base_changed()
                 sgd_s += time.perf_counter() - t0
                 if log is not None:
                     log.event("ttt_global_sgd", phase=seg + 1, docs=pauses[seg][1], chunks=info["num_chunks"],
@@ -474,17 +339,16 @@ def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool
 
 
 def _finish(run: _Run, val, cfg: RunConfig, queue, num_phases: int, seconds, t_start) -> TTTResult:
-    t = cfg.ttt
+    ensemble = run.ensemble
     run.own.all_reduce()
-    run.ens.all_reduce()
+    run.ensemble_meter.all_reduce()
     counts = torch.stack([run.routed, run.covered]).to(get_dist().device)
     routed, covered = (int(round(x)) for x in all_reduce_sum(counts).tolist())
-    if t.peer_mode == "off":
-        covered = int(round(run.own.num_tokens))
     target_tokens = int(val.num_targets)
+    # Ranks claimed disjoint batches, so the all-reduced counts must add up to the whole validation set.
     assert int(round(run.own.num_tokens)) == target_tokens, \
         f"score-first TTT scored {run.own.num_tokens:.0f} targets of {target_tokens}"
-    if t.peer_mode != "seed":
+    if ensemble.covers_every_target:
         assert covered == target_tokens, f"ensemble covered {covered} targets of {target_tokens}"
     arrays: dict[str, Any] = {}
     if run.dump:
@@ -494,12 +358,10 @@ def _finish(run: _Run, val, cfg: RunConfig, queue, num_phases: int, seconds, t_s
         arrays["target_bytes"] = run.token_bytes.numpy()[1:].astype(np.int32)
         arrays["positions"] = np.arange(1, run.tokens.numel(), dtype=np.int64)
     seconds["total_s"] = time.perf_counter() - t_start
-    # #2139 returns the own-only score when no batch reached the ensemble (K=1, or every batch smaller than K).
-    ensemble = run.own if t.peer_mode == "off" or (t.peer_mode == "seed" and covered == 0) else run.ens
-    return TTTResult(own=run.own, ensemble=ensemble, peer_mode=t.peer_mode,
-                     compliant=t.peer_mode != "seed", coverage_tokens=covered, target_tokens=target_tokens,
-                     routed_tokens=routed, num_batches=len(queue), num_global_phases=num_phases,
-                     phase_seconds=seconds, **arrays)
+    return TTTResult(own=run.own, ensemble_meter=run.ensemble_meter, peer_mode=cfg.ttt.peer_mode,
+                     compliant=ensemble.compliant, peers_on=ensemble.peers_on, coverage_tokens=covered,
+                     target_tokens=target_tokens, routed_tokens=routed, num_batches=len(queue),
+                     num_global_phases=num_phases, phase_seconds=seconds, **arrays)
 
 
 RECOMPILE_LIMIT = 64
@@ -512,8 +374,8 @@ def _compile_and_warm(model, cfg: RunConfig, run: _Run) -> tuple[Any, float]:
 
     Per context length (the chunk sizes and the full window): a trained forward
     of all rows and of subsets of rows, one row included (backward + AdamW step), a score-only
-    no-grad forward, and with K > 1 a no-grad forward through routed frozen
-    peers. Timed separately from the evaluation.
+    no-grad forward, and, when the ensemble has peers, a no-grad forward through
+    routed peer adapters of the kind it uses. Timed separately from the evaluation.
     """
     t0 = time.perf_counter()
     t = cfg.ttt
@@ -524,6 +386,7 @@ def _compile_and_warm(model, cfg: RunConfig, run: _Run) -> tuple[Any, float]:
     lora = BatchedLoRA(cfg.model, t, bsz, model.num_slots, run.device, g)
     opt = run.optimizer(lora)
     contexts = sorted({c for _, c in t.short_chunk_steps} | {t.chunk_size, t.eval_seq_len})
+    want_entropy = run.ensemble.peers_on
     for ctx in contexts:
         num_scored = min(ctx, t.chunk_size)
         for rows in sorted({bsz, max(1, bsz - 1), 1}, reverse=True):  # size-1 dims are specialized by dynamo
@@ -532,14 +395,14 @@ def _compile_and_warm(model, cfg: RunConfig, run: _Run) -> tuple[Any, float]:
                         valid=torch.ones(rows, num_scored, dtype=torch.bool), tpos=torch.zeros(rows, num_scored),
                         stream_pos=torch.zeros(rows, num_scored), spans=[])
             lora.peer_index = None if rows == bsz else torch.arange(rows, device=run.device)
-            nll, _ = score_windows(fwd, lora, w, run.device, run.autocast, want_entropy=run.k > 1)
+            nll, _ = score_windows(fwd, lora, w, run.device, run.autocast, want_entropy=want_entropy)
             opt.zero_grad(set_to_none=True)
             nll.mean(-1).sum().backward()
             opt.step()
             with torch.no_grad():
-                score_windows(fwd, lora, w, run.device, run.autocast, want_entropy=run.k > 1)
-                if run.k > 1:
-                    peers = lora.snapshot() if t.peer_mode == "causal" else lora
+                score_windows(fwd, lora, w, run.device, run.autocast, want_entropy=want_entropy)
+                peers = run.ensemble.warmup_peers(lora)
+                if peers is not None:
                     peers.peer_index = torch.randint(0, bsz, (rows,), generator=g).to(run.device)
                     score_windows(fwd, peers, w, run.device, run.autocast, want_entropy=False)
     lora.peer_index = None
