@@ -45,6 +45,16 @@ _fa3 = _device.FA3
 _SDPA_CHUNK_TOKENS = 512
 
 
+# FA3's traceable stand-in (a custom op), registered by `pgolf.emulation`: only CUDA emulated on CPU
+# needs it, so a record run (and its packed file) never loads it.
+_FA3_STANDIN = None
+
+
+def register_fa3_standin(op) -> None:
+    global _FA3_STANDIN
+    _FA3_STANDIN = op
+
+
 def __getattr__(name: str):
     # `IMPL` reads the active policy, so it always names the implementation `attention` uses.
     if name == "IMPL":
@@ -73,7 +83,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
             check_fa3_contract(q, k, v, cu_seqlens, max_seqlen)
         if _fa3 is not None and q.is_cuda:
             return _attention_fa3(q, k, v, cu_seqlens, max_seqlen)
-        return varlen_attention(q, k, v, cu_seqlens, max_seqlen, policy.check_fa3_contract)
+        if _FA3_STANDIN is None:
+            raise RuntimeError("attention 'fa3' off CUDA runs FA3's stand-in op: import pgolf.emulation first")
+        return _FA3_STANDIN(q, k, v, cu_seqlens, max_seqlen, policy.check_fa3_contract)
     assert q.ndim == 4 and k.shape == v.shape and k.shape[:2] == q.shape[:2], (q.shape, k.shape, v.shape)
     assert q.shape[-1] == k.shape[-1] and q.shape[2] % k.shape[2] == 0, (q.shape, k.shape)
     if cu_seqlens is not None:
@@ -130,16 +142,6 @@ def check_fa3_contract(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seq
         _fail(f"max_seqlen must be a positive int, got {max_seqlen!r}")
 
 
-def _check_fa3_values(q: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> None:
-    """Boundary values FA3 trusts without checking (it reads out of range or skips tokens instead)."""
-    bounds = cu_seqlens.tolist()
-    if bounds[0] != 0 or bounds[-1] != q.shape[1] or any(b < a for a, b in zip(bounds, bounds[1:])):
-        _fail(f"cu_seqlens must rise from 0 to T={q.shape[1]}, got {bounds}")
-    longest = max(b - a for a, b in zip(bounds, bounds[1:]))
-    if longest > max_seqlen:
-        _fail(f"max_seqlen {max_seqlen} < longest document {longest}")
-
-
 # --------------------------------------------------------------------------- FlashAttention 3
 def _attention_fa3(q, k, v, cu_seqlens, max_seqlen):
     if cu_seqlens is None:
@@ -153,94 +155,6 @@ def _attention_fa3(q, k, v, cu_seqlens, max_seqlen):
     if isinstance(y, tuple):  # some FA3 builds also return the log-sum-exp
         y = y[0]
     return y
-
-
-# --------------------------------------------------------------------------- the FA3 stand-in op
-# The reference computes in the inputs' dtype, as FA3 does: autocast (which never reaches a custom
-# op's inputs) must not re-cast inside either. Outputs are fresh contiguous tensors, as the fake
-# implementations promise.
-def _reference_forward(q, k, v, cu_seqlens):
-    with torch.autocast(q.device.type, enabled=False):
-        return _attention_sdpa(q, k, v, cu_seqlens).contiguous()
-
-
-def _varlen_attention_impl(q, k, v, cu_seqlens, max_seqlen, check):
-    if check:
-        check_fa3_contract(q, k, v, cu_seqlens, max_seqlen)
-        if cu_seqlens is not None:
-            _check_fa3_values(q, cu_seqlens, max_seqlen)
-    return _reference_forward(q, k, v, cu_seqlens)
-
-
-def _varlen_attention_fake(q, k, v, cu_seqlens, max_seqlen, check):
-    if check:  # metadata checks also hold while tracing (compile, or a fake-CUDA dtype trace)
-        check_fa3_contract(q, k, v, cu_seqlens, max_seqlen)
-    return torch.empty_like(q, memory_format=torch.contiguous_format)
-
-
-def _sdpa_grads(q, k, v, grad, mask):
-    """d(q, k, v) of one chunk of `_sdpa`, written out in fp32; k/v already expanded to q's heads."""
-    qf, kf, vf, gf = (t.float().transpose(1, 2) for t in (q, k, v, grad))  # [B, H, T, D]
-    scale = qf.shape[-1] ** -0.5
-    if mask is None:
-        mask = torch.ones(qf.shape[2], qf.shape[2], dtype=torch.bool, device=q.device).tril()
-    p = (qf @ kf.transpose(-1, -2) * scale).masked_fill(~mask, float("-inf")).softmax(dim=-1)
-    dp = gf @ vf.transpose(-1, -2)
-    ds = p * (dp - (dp * p).sum(dim=-1, keepdim=True))
-    dq, dk, dv = ds @ kf * scale, ds.transpose(-1, -2) @ qf * scale, p.transpose(-1, -2) @ gf
-    return tuple(t.transpose(1, 2) for t in (dq, dk, dv))
-
-
-def _varlen_attention_backward_impl(grad, q, k, v, cu_seqlens, max_seqlen):
-    # A custom op runs below autograd, so the backward is the softmax-attention gradient spelled out,
-    # per chunk of whole documents as the forward, then summed over each KV head's query group.
-    num_heads, num_kv_heads = q.shape[2], k.shape[2]
-    ke, ve = _expand_kv(k, num_heads), _expand_kv(v, num_heads)
-    if cu_seqlens is None:
-        dq, dk, dv = _sdpa_grads(q, ke, ve, grad, None)
-    else:
-        bounds = sorted(set(int(b) for b in cu_seqlens.tolist()))
-        parts = []
-        for start, end, starts in _doc_chunks(bounds, _SDPA_CHUNK_TOKENS):
-            mask = None if len(starts) == 1 else block_causal_mask(starts, start, end, q.device)
-            parts.append(_sdpa_grads(q[:, start:end], ke[:, start:end], ve[:, start:end], grad[:, start:end], mask))
-        dq, dk, dv = (torch.cat(ts, dim=1) for ts in zip(*parts))
-    group = num_heads // num_kv_heads
-    bsz, seq_len, _, head_dim = k.shape
-    dk = dk.reshape(bsz, seq_len, num_kv_heads, group, head_dim).sum(dim=3)
-    dv = dv.reshape(bsz, seq_len, num_kv_heads, group, head_dim).sum(dim=3)
-    return dq.to(q.dtype).contiguous(), dk.to(k.dtype).contiguous(), dv.to(v.dtype).contiguous()
-
-
-def _varlen_attention_backward_fake(grad, q, k, v, cu_seqlens, max_seqlen):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
-
-
-# Explicit schemas: the packed submission strips annotations, from which custom_op would infer them.
-varlen_attention = torch.library.custom_op(
-    "pgolf::varlen_attention", _varlen_attention_impl, mutates_args=(),
-    schema="(Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens, SymInt? max_seqlen, bool check) -> Tensor")
-varlen_attention.register_fake(_varlen_attention_fake)
-varlen_attention_backward = torch.library.custom_op(
-    "pgolf::varlen_attention_backward", _varlen_attention_backward_impl, mutates_args=(),
-    schema="(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens, SymInt? max_seqlen) "
-           "-> (Tensor, Tensor, Tensor)")
-varlen_attention_backward.register_fake(_varlen_attention_backward_fake)
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens, max_seqlen, _ = inputs
-    ctx.save_for_backward(q, k, v, cu_seqlens)
-    ctx.max_seqlen = max_seqlen
-
-
-def _backward(ctx, grad):
-    q, k, v, cu_seqlens = ctx.saved_tensors
-    dq, dk, dv = varlen_attention_backward(grad, q, k, v, cu_seqlens, ctx.max_seqlen)
-    return dq, dk, dv, None, None, None
-
-
-varlen_attention.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --------------------------------------------------------------------------- SDPA reference

@@ -17,14 +17,9 @@ The three policies:
   compile; recompile limits raised as the record does.
 - CPU (`policy_for("cpu")`): everything fp32 and eager, no autocast, SDPA:
   what CPU runs and the golden tests have always done.
-- CUDA emulated on CPU (`PGOLF_EMULATE=cuda`, or `emulated_cuda_policy()`):
+- CUDA emulated on CPU (`pgolf.emulation`, selected by `PGOLF_EMULATE=cuda`):
   the CUDA policy with device CPU, so a laptop meets the CUDA run's dtypes,
-  compile arguments and limits, and FA3's contract. Attention runs through the
-  traceable custom op that stands in for FA3 (`pgolf.attention`), which checks
-  the contract on every call. What it cannot reproduce: CPU autocast casts a
-  different op list than CUDA autocast (notably CUDA autocasts `rms_norm`,
-  `pow`, `softmax`, norms and sums to fp32, CPU does not), TF32 rounding, and
-  FA3's own kernel numerics.
+  compile arguments and limits, and FA3's contract.
 
 The process has one active policy (`active()`), which `pgolf.attention` reads
 on every call. It starts as the policy of the default device (CUDA when
@@ -36,15 +31,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
-import os
 from dataclasses import dataclass
 
 import torch
 
 from pgolf.errors import ConfigError
-
-EMULATE_ENV = "PGOLF_EMULATE"
-EMULATE_CHOICES = ("", "cuda")
 
 # The record's dynamo limits (its DYNAMO_CACHE_SIZE_LIMIT default and the accumulated limit it
 # derives, max(1024, 128)). Training warmup alone builds stage x looping x cu-bucket graphs (15 for the
@@ -53,16 +44,6 @@ RECOMPILE_LIMIT = 128
 ACCUMULATED_RECOMPILE_LIMIT = 1024
 
 ATTENTION_IMPLS = ("fa3", "sdpa")
-
-
-def _read_emulation() -> bool:
-    value = os.environ.get(EMULATE_ENV, "").strip().lower()
-    if value not in EMULATE_CHOICES:
-        raise ConfigError(f"{EMULATE_ENV}={value!r}: expected one of {EMULATE_CHOICES[1:]} or unset")
-    return value == "cuda"
-
-
-EMULATE: bool = _read_emulation()
 
 
 def _import_fa3():
@@ -96,7 +77,7 @@ class DevicePolicy:
 
     device: torch.device
     emulated: bool = False
-    """The CUDA policy running on CPU (`PGOLF_EMULATE=cuda`)."""
+    """The CUDA policy running on CPU (`pgolf.emulation`)."""
     lowp_dtype: torch.dtype = torch.float32
     """dtype of the parameters named in `lowp_params`; every other parameter is fp32."""
     lowp_params: tuple[str, ...] = ("tok_emb.weight",)
@@ -231,20 +212,16 @@ def cuda_policy(device: torch.device | str = "cuda", *, fa3: bool | None = None,
         fused_kernels=triton, check_fa3_contract=fa3)
 
 
-def emulated_cuda_policy() -> DevicePolicy:
-    """The CUDA policy on CPU with FA3 present: its dtypes, autocast, compile arguments and limits, and
-    FA3's contract (enforced by the stand-in op). Triton stays off: its CPU interpreter is far too slow."""
-    return dataclasses.replace(cuda_policy("cuda", fa3=True, triton=False), device=torch.device("cpu"),
-                               emulated=True)
-
-
 def policy_for(device: torch.device | str) -> DevicePolicy:
-    """The policy of a real device; CPU becomes the emulated CUDA policy when `PGOLF_EMULATE=cuda`."""
+    """The policy for `device`: the active one when it is for this kind of device (so an emulated CUDA
+    policy activated for the process stays in force), else that device's own."""
     device = torch.device(device)
+    if _ACTIVE.device.type == device.type:
+        return _ACTIVE if _ACTIVE.device == device else dataclasses.replace(_ACTIVE, device=device)
     if device.type == "cuda":
         return cuda_policy(device)
     if device.type == "cpu":
-        return emulated_cuda_policy() if EMULATE else cpu_policy()
+        return cpu_policy()
     raise ConfigError(f"no device policy for {device.type!r} (cuda or cpu)")
 
 
@@ -252,7 +229,7 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-_ACTIVE: DevicePolicy = policy_for(default_device())
+_ACTIVE: DevicePolicy = cuda_policy() if default_device().type == "cuda" else cpu_policy()
 
 
 def active() -> DevicePolicy:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from pgolf.bpb import BpbMeter
 from pgolf.checkpoint import import_record_state_dict, load_model
 from pgolf.config import EvalConfig, RunConfig
-from pgolf.distributed import all_reduce_sum, autocast, get_dist
+from pgolf.distributed import autocast, get_dist
 from pgolf.errors import ConfigError
 from pgolf.loader import build_cu_seqlens
 from pgolf.quant.artifact import read_artifact
@@ -83,7 +83,7 @@ def sliding_windows(num_targets: int, seq_len: int, stride: int) -> list[tuple[i
 
 
 # --------------------------------------------------------------------------- scoring
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
 
@@ -101,7 +101,7 @@ def _eval_mode(model: nn.Module):
 
 def _score_row(model: nn.Module, x: Tensor, y: Tensor, cu_seqlens: Tensor, max_seqlen: int) -> Tensor:
     """Per-target NLL (nats, fp32) [n] of one packed row."""
-    device = _model_device(model)
+    device = model_device(model)
     with autocast(device):
         nll = model(x.to(device)[None], y.to(device)[None], cu_seqlens=cu_seqlens.to(device),
                     max_seqlen=max_seqlen, reduction="none")
@@ -179,7 +179,7 @@ def eval_sliding(model: nn.Module, val, seq_len: int, stride: int, *, meter: Bpb
 
 
 # --------------------------------------------------------------------------- a run's model, scored
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -200,7 +200,7 @@ def load_scored_model(run: RunDir, cfg: RunConfig, prequant: bool = False) -> tu
         path = run.require(run.artifact, f"run `pgolf quantize {run.path}` first")
         model = model_from_qstate(read_artifact(path), cfg)
     model = ready_for_scoring(model)
-    _sync(device)
+    sync(device)
     return model, time.perf_counter() - t0
 
 
@@ -217,32 +217,9 @@ def ready_for_scoring(model: nn.Module) -> nn.Module:
     return model
 
 
-class NllCollector:
-    """Per-target NLL of a diagnostic eval, gathered to every rank (zeros where another rank scored)."""
-
-    def __init__(self, num_targets: int):
-        self.nll = torch.zeros(num_targets, dtype=torch.float32)
-
-    def __call__(self, first: int, nll: Tensor) -> None:
-        self.nll[first:first + nll.numel()] = nll.detach().float().cpu()
-
-    def gathered(self) -> Tensor:
-        return all_reduce_sum(self.nll.to(get_dist().device)).cpu()
-
-
 def diag_line(label: str, meter: BpbMeter, seconds: float) -> str:
     """The seed's log line for one evaluation, so logs read like the challenge's."""
     return f"{label} val_loss:{meter.loss():.8f} val_bpb:{meter.bpb():.8f} eval_time:{int(round(seconds * 1000))}ms"
-
-
-def timed_eval(model, val, cfg: RunConfig, hook: ScoredHook | None = None) -> tuple[BpbMeter, float]:
-    """`eval_packed` with the device synchronised around the timer."""
-    device = _model_device(model)
-    _sync(device)
-    t0 = time.perf_counter()
-    meter = eval_packed(model, val, cfg.eval, on_scored=hook)
-    _sync(device)
-    return meter, time.perf_counter() - t0
 
 
 def ttt_phase(model, val, cfg: RunConfig, log, prequant: bool = False, *, dump: bool = False
@@ -297,7 +274,7 @@ def ttt_phase(model, val, cfg: RunConfig, log, prequant: bool = False, *, dump: 
         fields["compliance_note"] = (f"NON-COMPLIANT: peer_mode={t.peer_mode} (#2139 as submitted) violates C1 and "
                                      "C4; use peer_mode=causal")
     if prequant:  # never overwrite the artifact's scored numbers (or their labels) with an unquantized model's
-        fields = {(k if k == "target_tokens" else f"{k}_prequant"): v for k, v in fields.items()}
+        fields = {"target_tokens": fields.pop("target_tokens"), "prequant_ttt": fields}
     dumped = {}
     if dump and res.nll_final is not None:
         dumped = dict(nll=res.nll_final.astype("float32"), nll_own=res.nll_own.astype("float32"),

@@ -416,7 +416,3 @@ class GPT(nn.Module):
     def _asym_softcap(self, z: torch.Tensor) -> torch.Tensor:
         cap_pos, cap_neg = self.softcap_pos.to(z.dtype), self.softcap_neg.to(z.dtype)
         return torch.where(z > 0, softcap(z, cap_pos), softcap(z, cap_neg))
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -19,23 +19,57 @@ that already holds shards is refused unless `overwrite`.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
+import sentencepiece as spm
 from tqdm import tqdm
 
 import pgolf
+from pgolf.caseops import OPERATORS
 from pgolf.caseops import encode as caseops_encode
 from pgolf.corpus import corpus_sha256, embedded_corpus, embedded_corpus_sha256, python_minor, read_source
 from pgolf.data import MANIFEST_NAME, TOKENIZER_NAME
 from pgolf.errors import DataError
 from pgolf.shards import shard_name, write_shard
-from pgolf.tokenizer import Tokenizer, file_sha256, min_vocab_size, train_sentencepiece
+from pgolf.tokenizer import BOS_ID, EOS_ID, MAX_VOCAB, PAD_ID, UNK_ID, Tokenizer, file_sha256, min_vocab_size
 
 MANIFEST_FORMAT = "pgolf-data-v1"
 _ENCODE_BATCH_DOCS = 256
+
+
+def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_path: str | Path, caseops: bool) -> Path:
+    """Train a BPE model on `texts` (already CaseOps-encoded when `caseops`) and write it to `model_path`."""
+    model_path = Path(model_path)
+    if not min_vocab_size(caseops) <= vocab_size <= MAX_VOCAB:
+        raise DataError(f"vocab_size {vocab_size} is out of range "
+                        f"[{min_vocab_size(caseops)}, {MAX_VOCAB}] for this tokenizer recipe")
+    proto = io.BytesIO()
+    options = dict(
+        model_type="bpe", vocab_size=vocab_size, character_coverage=0.999, byte_fallback=True,
+        split_digits=True, normalization_rule_name="nmt_nfkc", add_dummy_prefix=False,
+        pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, unk_id=UNK_ID, hard_vocab_limit=False,
+        # Determinism: one thread, every sentence, in the order given.
+        num_threads=1, input_sentence_size=0, shuffle_input_sentence=False,
+        # Documents, not sentences: keep long ones instead of silently skipping them.
+        max_sentence_length=1 << 18, minloglevel=2,
+    )
+    if caseops:
+        options["user_defined_symbols"] = list(OPERATORS)
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise DataError(f"{model_path}: no non-empty training documents to train the tokenizer on")
+    try:
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=proto, **options)
+    except RuntimeError as e:
+        raise DataError(f"{model_path}: SentencePiece training failed: {str(e).splitlines()[0]}") from None
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    model_path.write_bytes(proto.getvalue())
+    return model_path
 
 
 def _data_files(d: Path) -> list[Path]:

@@ -158,19 +158,8 @@ class Report:
     route_fraction: float | None = None
     coverage_tokens: int | None = None
     ttt_eval_time_s: float | None = None         # the challenge's eval timer: TTT scoring plus global SGD
-    # TTT on the unquantized weights (`pgolf eval --prequant --ttt`), never the headline
-    val_bpb_ttt_prequant: float | None = None
-    val_loss_ttt_prequant: float | None = None
-    val_bpb_ttt_ensemble_prequant: float | None = None
-    val_loss_ttt_ensemble_prequant: float | None = None
-    ttt_headline_prequant: str | None = None
-    peer_mode_prequant: str | None = None
-    peer_k_prequant: int | None = None
-    peer_compliant_prequant: bool | None = None
-    compliance_note_prequant: str | None = None
-    route_fraction_prequant: float | None = None
-    coverage_tokens_prequant: int | None = None
-    ttt_eval_time_s_prequant: float | None = None
+    # TTT on the unquantized weights (`pgolf eval --prequant --ttt`): the same figures as above, never the score
+    prequant_ttt: dict | None = None
     # bookkeeping
     phase_seconds: dict = field(default_factory=dict)
     pipeline_phase_seconds: dict | None = None

@@ -183,22 +183,3 @@ def parse_seq_schedule(text: str, default_seq_len: int | None = None,
 def format_seq_schedule(stages: tuple[tuple[int, float], ...]) -> str:
     """The inverse of parse_seq_schedule, in the seed's log format ('1024@0.100,...')."""
     return ",".join(f"{n}@{p:.3f}" for n, p in stages)
-
-
-def parse_short_chunk_steps(text: str, field: str = "TTT_SHORT_SCORE_FIRST_STEPS") -> tuple[tuple[int, int], ...]:
-    """'256:8,2000:24' -> ((256, 8), (2000, 24)), sorted by doc length; '=' also separates; '' -> ()."""
-    out = []
-    for item in (s.strip() for s in text.split(",")):
-        if not item:
-            continue
-        doc, sep, chunk = item.replace("=", ":", 1).partition(":")
-        try:
-            if not sep:
-                raise ValueError
-            doc_len, chunk_len = int(doc), int(chunk)
-        except ValueError:
-            raise ConfigError(f"{field}: item {item!r} is not DOCLEN:CHUNK (e.g. 256:8)") from None
-        if doc_len <= 0 or chunk_len <= 0:
-            raise ConfigError(f"{field}: item {item!r} needs positive integers")
-        out.append((doc_len, chunk_len))
-    return tuple(sorted(out))

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from pgolf import attention as attn_mod
-from pgolf import device
-from pgolf.attention import FA3ContractError, _override_impl, attention, block_causal_mask, varlen_attention
+from pgolf import device, emulation
+from pgolf.attention import FA3ContractError, _override_impl, attention, block_causal_mask
+from pgolf.emulation import varlen_attention
 
 
 def naive_attention(q, k, v, cu_seqlens=None):
@@ -50,7 +51,7 @@ def _sdpa():
 
 def test_impl_is_sdpa_on_plain_cpu():
     assert device.cpu_policy().attention == "sdpa"
-    if not torch.cuda.is_available() and not device.EMULATE:
+    if not torch.cuda.is_available() and not device.active().emulated:
         assert device.policy_for("cpu").attention == "sdpa"
 
 
@@ -160,7 +161,7 @@ def test_fa3_matches_sdpa_on_gpu():
 @pytest.fixture
 def emulated():
     """The CUDA policy on CPU: attention goes through the FA3 stand-in op and checks the contract."""
-    with device.emulated_cuda_policy().activate() as policy:
+    with emulation.emulated_cuda_policy().activate() as policy:
         yield policy
 
 

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from pgolf.bpb import BpbMeter, build_byte_luts, lut_token_bytes
 from pgolf.corpus import embedded_corpus
 from pgolf.data import load_val
-from pgolf.tokenizer import Tokenizer, train_sentencepiece
+from pgolf.prepare import train_sentencepiece
+from pgolf.tokenizer import Tokenizer
 
 
 def test_uniform_logits_score_log2_vocab_per_token(tiny_data):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgolf import attention as attn_mod
-from pgolf import device
+from pgolf import device, emulation
 from pgolf.attention import FA3ContractError, attention
 from pgolf.config import load_preset
 from pgolf.errors import ConfigError
@@ -27,7 +27,7 @@ from pgolf.ttt.lora import BatchedLoRA
 
 @pytest.fixture
 def emulated():
-    with device.emulated_cuda_policy().activate() as policy:
+    with emulation.emulated_cuda_policy().activate() as policy:
         yield policy
 
 
@@ -71,29 +71,31 @@ def test_cuda_policy_is_the_records(fa3):
 
 
 def test_emulation_is_the_cuda_policy_on_cpu():
-    e = device.emulated_cuda_policy()
+    e = emulation.emulated_cuda_policy()
     assert e.device == torch.device("cpu") and e.emulated
     assert dataclasses.replace(e, device=torch.device("cuda"), emulated=False) == \
         device.cuda_policy("cuda", fa3=True, triton=False)
 
 
 @pytest.mark.parametrize("value,emulate", [("", False), ("cuda", True), (" CUDA ", True), ("gpu", None)])
-def test_emulation_is_read_from_the_environment(monkeypatch, value, emulate):
-    monkeypatch.setenv(device.EMULATE_ENV, value)
+def test_emulation_is_read_from_the_environment(value, emulate):
+    env = {emulation.EMULATE_ENV: value}
     if emulate is None:
-        with pytest.raises(ConfigError, match=device.EMULATE_ENV):
-            device._read_emulation()
+        with pytest.raises(ConfigError, match=emulation.EMULATE_ENV):
+            emulation.read_emulation(env)
         return
-    assert device._read_emulation() is emulate
-    monkeypatch.setattr(device, "EMULATE", emulate)
-    want = device.emulated_cuda_policy() if emulate else device.cpu_policy()
-    assert device.policy_for("cpu") == want
-    assert device.policy_for("cuda").device.type == "cuda" and not device.policy_for("cuda").emulated
+    assert emulation.read_emulation(env) is emulate
+    with device.cpu_policy().activate():
+        policy = emulation.activate_from_env(env)
+        want = emulation.emulated_cuda_policy() if emulate else device.cpu_policy()
+        assert policy == want and device.policy_for("cpu") == want  # the process's policy stays in force
+        assert device.policy_for("cuda").device.type == "cuda" and not device.policy_for("cuda").emulated
+    assert not device.active().emulated
 
 
 def test_activation_nests_and_restores():
     outer = device.active()
-    e = device.emulated_cuda_policy()
+    e = emulation.emulated_cuda_policy()
     with e.activate():
         assert device.active() is e and attn_mod.IMPL == "fa3"
         with device.cpu_policy().activate():
@@ -137,7 +139,7 @@ def test_cast_model_stores_only_the_embedding_in_bf16(emulated):
 
 
 @pytest.mark.parametrize("policy,want", [(device.cpu_policy(), torch.float32),
-                                         (device.emulated_cuda_policy(), torch.bfloat16)])
+                                         (emulation.emulated_cuda_policy(), torch.bfloat16)])
 def test_cast_model_sets_the_rope_frequency_dtype_where_declared(policy, want):
     class Declares(nn.Module):
         rope_freq_dtype = torch.float32
@@ -165,7 +167,7 @@ def test_tf32_touches_only_a_real_cuda_policy():
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     onednn = torch.backends.mkldnn.matmul.fp32_precision
     try:
-        device.emulated_cuda_policy().apply_matmul_precision()
+        emulation.emulated_cuda_policy().apply_matmul_precision()
         device.cpu_policy().apply_matmul_precision()
         assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
         device.cuda_policy(fa3=False, triton=False).apply_matmul_precision()

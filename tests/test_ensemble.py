@@ -11,7 +11,8 @@ from pgolf.ttt.causal_ensemble import PeerPool, causal_peer_ids
 from pgolf.ttt.ensemble import blend_nll, blended_distribution, max_entropy_nats
 from pgolf.ttt.pr2139_ensemble import pr2139_block_spans, pr2139_peer_ids
 from pgolf.ttt.lora import FrozenLoRA
-from pgolf.ttt.score_first import build_queue, run_ttt, synthetic_val
+from pgolf.synthetic import synthetic_val
+from pgolf.ttt.score_first import build_queue, run_ttt
 from test_ttt_score_first import DOC_TARGETS, fresh_model, small_cfg
 
 

@@ -134,7 +134,7 @@ def test_prequant_ttt_never_relabels_the_artifacts_numbers(run_dir, capsys):
     out = capsys.readouterr().out
     assert re.search(r"^prequant_ttt_phased val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8} eval_time:\d+ms$", out, re.M)
     rep = read_report(run_dir)
-    assert rep["peer_mode_prequant"] == "off" and math.isfinite(rep["val_bpb_ttt_prequant"])
+    assert rep["prequant_ttt"]["peer_mode"] == "off" and math.isfinite(rep["prequant_ttt"]["val_bpb_ttt"])
     for key in ("peer_mode", "val_bpb_ttt", "val_bpb_ttt_ensemble", "val_bpb_roundtrip"):
         assert rep.get(key) == before.get(key), key
 

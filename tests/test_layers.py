@@ -4,10 +4,10 @@ through a cycle; both read from the sources, so a lazy import inside a function 
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pgolf
+from pgolf.submission.pack import imported_modules
 
 PACKAGE = Path(pgolf.__file__).parent
 
@@ -23,14 +23,8 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name in modules}
-        elif isinstance(node, ast.ImportFrom) and node.module in modules:
-            found.add(node.module)
-            found |= {f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules}
-    return found
+    """The pgolf modules a file imports at run time (the packer reads imports the same way)."""
+    return imported_modules(path.read_text(), modules)
 
 
 def _layer(name: str) -> str:

@@ -20,7 +20,8 @@ import torch
 from pgolf.model import GPT
 from pgolf.ttt.ensemble import blend_nll, blended_distribution, entropy_nats, max_entropy_nats
 from pgolf.ttt.lora import BatchedLoRA
-from pgolf.ttt.score_first import build_queue, run_ttt, synthetic_val
+from pgolf.synthetic import synthetic_val
+from pgolf.ttt.score_first import build_queue, run_ttt
 from test_ttt_score_first import DOC_TARGETS, fresh_model, small_cfg
 
 MODES = {"off": {}, "causal": {"peer_mode": "causal", "peer_k": 3, "peer_conf_threshold": 0.0},

@@ -82,8 +82,9 @@ def test_train_gpt_is_a_latin1_shim_that_compiles(packed, tiny_json):
     assert set(data[start:end]) <= set(pack._ALPHABET) and b"\x00" not in data and b"\r" not in data
     # Only the literal is non-ASCII: the code around it reads the same under any ASCII-compatible decoding.
     assert (data[:start] + data[end:]).isascii()
-    assert data[end:].startswith(b"'''.encode(\"l1\");exec(B.decompress(b\"\".join(")
-    stream_bytes = int(data.rsplit(b"[:", 1)[1].split(b"]")[0])
+    assert data[end:].startswith(b"'''.encode(\"l1\");t=B.decompress(b\"\".join(")
+    assert data.endswith(b").decode();exec(t[:t.find(chr(0))])\n")
+    stream_bytes = int(data.rsplit(b")[:", 1)[1].split(b"]")[0])
     full, rest = divmod(stream_bytes, 351)
     assert end - start == full * 352 + pack._group_chars(rest)  # base 252: 1.0028 characters per byte
     code = pack.build_train_gpt(tiny_json)
@@ -206,14 +207,14 @@ def test_bundle_is_the_entrys_import_closure():
                      "pgolf.check", "pgolf.download", "pgolf.corpus"):
         assert left_out in sources and left_out not in bundled, left_out
     app_modules = [m for m in bundled if m.startswith("pgolf.app.")]
-    assert app_modules == ["pgolf.app.record_main", "pgolf.app.summary"], app_modules
+    assert app_modules == ["pgolf.app.record_main"], app_modules
     assert not [m for m in bundled if m.startswith("pgolf.submission")]
 
 
 def test_packed_size_table_adds_up(tiny_json, packed):
     rows = pack.packed_size_rows(tiny_json)
     assert sum(r[3] for r in rows) == os.path.getsize(packed)
-    assert [r[0] for r in rows[1:-2]] == pack.bundled_modules()
+    assert [r[0] for r in rows[1:-1]] == pack.bundled_modules()
     raw, _ = pack.packed_code_bytes(tiny_json)
     assert sum(r[1] for r in rows) == raw
     table = pack.packed_size_table(rows=rows)

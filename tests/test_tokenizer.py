@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from pgolf.caseops import OPERATORS
 from pgolf.corpus import embedded_corpus, has_text
 from pgolf.errors import DataError
-from pgolf.tokenizer import BOS_ID, EOS_ID, Tokenizer, file_sha256, train_sentencepiece
+from pgolf.prepare import train_sentencepiece
+from pgolf.tokenizer import BOS_ID, EOS_ID, Tokenizer, file_sha256
 
 TRICKY = [
     "Hello World",

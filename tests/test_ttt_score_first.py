@@ -12,8 +12,9 @@ import torch
 from pgolf.config import TTTConfig
 from pgolf.model import GPT
 from pgolf.ttt.global_sgd import cosine_lr, pause_points, phase_boundaries, run_global_sgd, sgd_stream
+from pgolf.synthetic import synthetic_val
 from pgolf.ttt.score_first import (DocSpan, build_queue, build_windows, chunk_size_for, chunk_span, num_chunks,
-                                   run_ttt, synthetic_val)
+                                   run_ttt)
 
 DOC_TARGETS = [4, 7, 10, 15, 21, 30, 9, 5]
 

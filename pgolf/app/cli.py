@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pgolf import emulation
 from pgolf.app import verbs
 from pgolf.app.pipeline import cmd_run
 from pgolf.errors import PgolfError
@@ -142,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        emulation.activate_from_env()  # PGOLF_EMULATE=cuda: every verb runs the CUDA policy on CPU
         rc = args.handler(args)
     except PgolfError as e:
         print(f"pgolf: error: {e}", file=sys.stderr)

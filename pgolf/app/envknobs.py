@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 
 from pgolf.config import RunConfig, resolve
 from pgolf.errors import ConfigError
-from pgolf.schedule import parse_seq_schedule, parse_short_chunk_steps
+from pgolf.schedule import parse_seq_schedule
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -52,6 +52,25 @@ _int, _float = _number(int), _number(float)
 
 def _str(name: str, raw: str) -> str:
     return raw.strip().lower()
+
+
+def parse_short_chunk_steps(text: str, field: str = "TTT_SHORT_SCORE_FIRST_STEPS") -> tuple[tuple[int, int], ...]:
+    """'256:8,2000:24' -> ((256, 8), (2000, 24)), sorted by doc length; '=' also separates; '' -> ()."""
+    out = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        doc, sep, chunk = item.replace("=", ":", 1).partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            doc_len, chunk_len = int(doc), int(chunk)
+        except ValueError:
+            raise ConfigError(f"{field}: item {item!r} is not DOCLEN:CHUNK (e.g. 256:8)") from None
+        if doc_len <= 0 or chunk_len <= 0:
+            raise ConfigError(f"{field}: item {item!r} needs positive integers")
+        out.append((doc_len, chunk_len))
+    return tuple(sorted(out))
 
 
 def _chunk_steps(name: str, raw: str) -> tuple[tuple[int, int], ...]:

@@ -13,7 +13,6 @@ import json
 import os
 import sys
 
-from pgolf.app.summary import summary_table
 from pgolf.config import RunConfig, resolve
 from pgolf.distributed import cleanup, init_distributed, is_main
 from pgolf.errors import ConfigError, PgolfError
@@ -40,8 +39,10 @@ def main(argv: list[str], config_json: str, code_bytes: tuple[int, int]) -> int:
             raise ConfigError(f"{args.data}: data directory not found (prepare it with pgolf, or pass --data DIR)")
         clear_results(run, resume=False, overwrite=args.overwrite)
         report = record_run(cfg, args.data, run, code_bytes=code_bytes)
-        if is_main():
-            print(summary_table(report))
+        headline = report.headline()
+        if is_main() and headline is not None:
+            # The stage lines above carry every figure; this is the one a record reports.
+            print(f"score {headline[0]}:{headline[1]:.8f} artifact_bytes:{report.artifact_bytes}")
     except PgolfError as e:
         print(f"pgolf: error: {e}", file=sys.stderr)
         return 2

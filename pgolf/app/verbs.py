@@ -14,15 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from pgolf.app import envknobs
 from pgolf.check import check_data, format_table
 from pgolf.config import RunConfig, resolve
 from pgolf.data import load_val
-from pgolf.distributed import cleanup, init_distributed, is_main, print0
+from pgolf.bpb import BpbMeter
+from pgolf.distributed import all_reduce_sum, cleanup, get_dist, init_distributed, is_main, print0
 from pgolf.download import download
 from pgolf.errors import ArtifactError, DataError
-from pgolf.evaluate import NllCollector, diag_line, load_scored_model, timed_eval, ttt_phase
+from pgolf.evaluate import ScoredHook, diag_line, eval_packed, load_scored_model, model_device, sync, ttt_phase
 from pgolf.prepare import prepare_data, summary_lines
 from pgolf.quantize import quantize_run
 from pgolf.rundir import RunDir
@@ -150,6 +152,29 @@ def _write_dump(spec: str, arrays: dict) -> list[Path]:
         np.save(paths[name], arr)
         written.append(paths[name])
     return written
+
+
+class NllCollector:
+    """Per-target NLL of a diagnostic eval, gathered to every rank (zeros where another rank scored)."""
+
+    def __init__(self, num_targets: int):
+        self.nll = torch.zeros(num_targets, dtype=torch.float32)
+
+    def __call__(self, first: int, nll: Tensor) -> None:
+        self.nll[first:first + nll.numel()] = nll.detach().float().cpu()
+
+    def gathered(self) -> Tensor:
+        return all_reduce_sum(self.nll.to(get_dist().device)).cpu()
+
+
+def timed_eval(model, val, cfg: RunConfig, hook: ScoredHook | None = None) -> tuple[BpbMeter, float]:
+    """`eval_packed` with the device synchronised around the timer."""
+    device = model_device(model)
+    sync(device)
+    t0 = time.perf_counter()
+    meter = eval_packed(model, val, cfg.eval, on_scored=hook)
+    sync(device)
+    return meter, time.perf_counter() - t0
 
 
 def cmd_eval(args) -> int:
