@@ -69,7 +69,7 @@ def muon_momentum(step: int, start: float, end: float, warmup_steps: int) -> flo
 
 @dataclass
 class ReWarm:
-    """Linear LR re-warm after a sequence-length stage switch (seed-delta-spec §4.2).
+    """Linear LR re-warm after a sequence-length stage switch, as the record does.
 
     `start(step)` at the switch records s0 = step (not at step 0, where there is nothing to re-warm
     from, and not when steps is 0). `factor(step)` is then min(max((step − s0 + 1)/steps, 0), 1):

@@ -1,13 +1,10 @@
-"""GPTQ / SDClip / AWQ-lite, LQER and bit packing, each on small random matrices."""
+"""GPTQ / SDClip / AWQ-lite and LQER, each on small random matrices."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from pgolf.quant import packing
 from pgolf.quant.gptq import (FP16_TINY, awq_group_scores, awq_select_groups, choose_qparams, dequantize,
                               fp16_scale, gptq_quantize, group_mask, hessian_error, qrange, quantize)
 from pgolf.quant.lqer import lqer_dequantize, lqer_dequantize_factors, lqer_fit, lqer_pack_asym, lqer_select
@@ -226,51 +223,3 @@ def test_lqer_select_top_k_skips_zero_errors():
     assert lqer_select(errs, 3) == ["b", "d", "a"]
     assert lqer_select(errs, 10) == ["b", "d", "a"]
     assert lqer_select({"z": 0.0}, 3) == []
-
-
-# --------------------------------------------------------------------------- packing
-@pytest.mark.parametrize("bits", [2, 4, 6, 8])
-def test_pack_unpack_exhaustive(bits):
-    lo, hi = packing.value_range(bits)
-    values = torch.arange(lo, hi + 1, dtype=torch.int8)
-    for count in range(0, 9):  # every padding remainder, every value in every slot
-        v = values.repeat(3).roll(count)[:count]
-        data = packing.pack(v, bits)
-        assert data.dtype == torch.uint8 and data.numel() == packing.packed_num_bytes(count, bits)
-        assert torch.equal(packing.unpack(data, bits, count), v)
-    data = packing.pack(values.repeat(3), bits)
-    assert torch.equal(packing.unpack(data, bits, values.numel() * 3), values.repeat(3))
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.sampled_from([2, 4, 6, 8]), st.data())
-def test_pack_unpack_roundtrip_property(bits, data):
-    lo, hi = packing.value_range(bits)
-    vals = data.draw(st.lists(st.integers(lo, hi), max_size=200))
-    v = torch.tensor(vals, dtype=torch.int8)
-    packed = packing.pack(v, bits)
-    assert packed.numel() == (len(vals) * bits + 7) // 8
-    assert packing.unpack(packed, bits, len(vals)).tolist() == vals
-
-
-def test_pack_golden_bytes():
-    assert packing.pack_int2(torch.tensor([-2, -1, 0, 1])).tolist() == [0xE4]
-    assert packing.pack_int4(torch.tensor([-8, 7])).tolist() == [0xF0]
-    assert packing.pack_int6(torch.tensor([31, -32, 0, 1])).tolist() == [0x3F, 0x00, 0x86]
-    assert packing.pack_int8(torch.tensor([-128, 127])).tolist() == [0, 255]
-    assert packing.unpack_int6(torch.tensor([0x3F, 0x00, 0x86], dtype=torch.uint8), 4).tolist() == [31, -32, 0, 1]
-
-
-def test_pack_rejects_out_of_range_values():
-    with pytest.raises(AssertionError):
-        packing.pack_int2(torch.tensor([2]))
-    with pytest.raises(AssertionError):
-        packing.pack_int6(torch.tensor([-33]))
-
-
-def test_pack_gptq_symbols_at_true_width():
-    W = torch.randn(16, 64)
-    q = gptq_quantize(W, correlated_hessian(64), 6, 13.0).q
-    data = packing.pack_int6(q)
-    assert data.numel() == 16 * 64 * 6 // 8
-    assert torch.equal(packing.unpack_int6(data, q.numel()).view(16, 64), q)

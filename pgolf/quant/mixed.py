@@ -12,7 +12,7 @@ name and size as the record does:
 
 then AWQ-lite picks the globally most salient 64-column group(s) to quantize
 at int8 inside GPTQ, and LQER adds a rank-4 INT2/INT4 correction to the 3
-tensors whose realized error ‖W - Ŵ‖_F is largest (seed-delta-spec §5.2-5.3).
+tensors whose realized error ‖W - Ŵ‖_F is largest (where a correction buys the most).
 
 QState layout (what the artifact stores; every tensor on the CPU):
 
