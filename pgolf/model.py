@@ -50,8 +50,11 @@ class Adapters(Protocol):
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
-    """Parameter-free RMSNorm over the last dimension (the record has no norm weights)."""
-    return F.rms_norm(x, (x.shape[-1],))
+    """Parameter-free RMSNorm over the last dimension (the record has no norm weights), in x's dtype.
+
+    CUDA autocast in torch >= 2.12 computes rms_norm in fp32 (the record's torch 2.10 kept bf16); the cast
+    back keeps q, k and the bf16 residual in the record's dtypes (a no-op in fp32)."""
+    return F.rms_norm(x, (x.shape[-1],)).to(x.dtype)
 
 
 def apply_partial_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rope_dims: int) -> torch.Tensor:
@@ -67,11 +70,15 @@ def apply_partial_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ro
     return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin, rest), dim=-1)
 
 
-def rope_cos_sin(seq_len: int, rope_dims: int, base: float, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin `[1, T, 1, rope_dims/2]` for absolute positions 0..T-1 (computed in fp32, then cast)."""
+def rope_cos_sin(seq_len: int, rope_dims: int, base: float, device,
+                 freq_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 cos/sin `[1, T, 1, rope_dims/2]` for absolute positions 0..T-1.
+
+    The inverse frequencies are rounded through `freq_dtype` first: the record's `.bfloat16()` casts its
+    rotary buffer, so its RoPE runs on bf16-rounded frequencies (positions and angles stay fp32)."""
     inv_freq = 1.0 / base ** (torch.arange(0, rope_dims, 2, dtype=torch.float32, device=device) / rope_dims)
-    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
-    return angles.cos()[None, :, None, :].to(dtype), angles.sin()[None, :, None, :].to(dtype)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq.to(freq_dtype).float())
+    return angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
 
 
 def softcap(z: torch.Tensor, cap: float | torch.Tensor) -> torch.Tensor:
@@ -240,6 +247,8 @@ class GPT(nn.Module):
             self.softcap_pos = nn.Parameter(torch.tensor(float(cfg.logit_softcap)))
             self.softcap_neg = nn.Parameter(torch.tensor(float(cfg.logit_softcap)))
         self.looping = False
+        # The device policy's `cast_model` sets this (bf16 on the record's CUDA policy, see rope_cos_sin).
+        self.rope_freq_dtype = torch.float32
         self._observer: Observer | None = None
         self._check_lane_order()
         if not self.qo_bank.is_meta:
@@ -331,7 +340,8 @@ class GPT(nn.Module):
         assert reduction in ("mean", "none"), reduction
         # Positions are absolute indices in the row; RoPE only sees differences, so a packed document
         # scores as if it stood alone.
-        rope = rope_cos_sin(input_ids.shape[1], self.cfg.rope_dims, self.cfg.rope_base, input_ids.device, torch.float32)
+        rope = rope_cos_sin(input_ids.shape[1], self.cfg.rope_dims, self.cfg.rope_base, input_ids.device,
+                            self.rope_freq_dtype)
         kw = dict(adapters=adapters, observe=self._observer, rope=rope, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
 
         x = self.tok_emb(input_ids)
@@ -383,7 +393,9 @@ class GPT(nn.Module):
 
     def _smear(self, x: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """x_t += lambda * sigmoid(W x_t[:gate_window]) * x_{t-1}, except where token t is BOS."""
-        gate = self.smear_lambda.to(x.dtype) * torch.sigmoid(self.smear_gate(x[:, 1:, : self.cfg.gate_window]))
+        # The weight follows x (as the record's CastedLinear): a bf16 embedding meets it without autocast.
+        gate_in = F.linear(x[:, 1:, : self.cfg.gate_window], self.smear_gate.weight.to(x.dtype))
+        gate = self.smear_lambda.to(x.dtype) * torch.sigmoid(gate_in)
         # Without this mask the last token of document N would leak into document N+1's BOS.
         not_bos = (input_ids[:, 1:] != BOS_ID).to(x.dtype).unsqueeze(-1)
         return torch.cat((x[:, :1], x[:, 1:] + gate * x[:, :-1] * not_bos), dim=1)
