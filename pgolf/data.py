@@ -10,7 +10,8 @@ exactly positions 1..N-1, each once.
 `ValData.token_bytes[i]` is what token i costs as a target: the byte sidecar
 when the directory has one (CaseOps), else the plain-SentencePiece LUT rule
 (`pgolf.bpb`). The same code reads pgolf-prepared and challenge-downloaded
-directories; the tokenizer is found through the manifest or `tokenizer.model`.
+directories; the tokenizer is found through the manifest, `tokenizer.model` or the challenge's
+`tokenizers/` folder (`tokenizer_path`).
 """
 
 from __future__ import annotations
@@ -26,16 +27,32 @@ import torch
 from pgolf.bpb import build_byte_luts, lut_token_bytes
 from pgolf.errors import DataError
 from pgolf.shards import read_concat, shard_paths
-from pgolf.tokenizer import BOS_ID, Tokenizer
+from pgolf.tokenizer import BOS_ID, Tokenizer, file_sha256
 
 MANIFEST_NAME = "manifest.json"
 
 
-def manifest_sha256(data_dir: str | Path) -> str | None:
-    """SHA-256 of DIR/manifest.json, what reports record as `data_manifest_sha256` (None without one)."""
-    p = Path(data_dir) / MANIFEST_NAME
-    return hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None
 TOKENIZER_NAME = "tokenizer.model"
+
+
+def manifest_sha256(data_dir: str | Path) -> str:
+    """The data's identity, which reports record as `data_manifest_sha256`: the SHA-256 of DIR/manifest.json,
+    or, for a directory as the challenge's download leaves it (no manifest), the SHA-256 of the listing
+    pgolf computes itself: every shard's and the tokenizer's name and SHA-256."""
+    p = Path(data_dir) / MANIFEST_NAME
+    if p.exists():
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+    return hashlib.sha256(json.dumps(file_hashes(data_dir), sort_keys=True).encode()).hexdigest()
+
+
+def file_hashes(data_dir: str | Path) -> dict[str, str]:
+    """{file name: SHA-256} of the shards and the tokenizer of a directory without a manifest."""
+    data_dir = Path(data_dir)
+    paths = [p for kind in ("train", "val", "val_bytes") for p in shard_paths(data_dir, kind)]
+    tok = tokenizer_path(data_dir)
+    if tok.exists():
+        paths.append(tok)
+    return {p.name: file_sha256(p) for p in paths}
 
 
 def load_manifest(data_dir: str | Path) -> dict:
@@ -55,10 +72,20 @@ def load_manifest(data_dir: str | Path) -> dict:
 
 
 def tokenizer_path(data_dir: str | Path, manifest: dict | None = None) -> Path:
-    """The directory's SentencePiece model: the manifest's `tokenizer` entry, else DIR/tokenizer.model."""
+    """The directory's SentencePiece model: the manifest's `tokenizer` entry, else DIR/tokenizer.model, else
+    the one `*.model` file the challenge's layouts put beside the shards, in `DIR/../tokenizers/` or in
+    `DIR/../../tokenizers/` (`data/datasets/<name>/` next to `data/tokenizers/`). Where none is found, the
+    returned path (DIR/tokenizer.model) does not exist and callers say so."""
     data_dir = Path(data_dir)
-    name = (manifest or {}).get("tokenizer") or TOKENIZER_NAME
-    return data_dir / name
+    if (manifest or {}).get("tokenizer"):
+        return data_dir / manifest["tokenizer"]
+    if (data_dir / TOKENIZER_NAME).exists():
+        return data_dir / TOKENIZER_NAME
+    for folder in (data_dir, data_dir.parent / "tokenizers", data_dir.parent.parent / "tokenizers"):
+        models = sorted(folder.glob("*.model")) if folder.is_dir() else []
+        if len(models) == 1:
+            return models[0]
+    return data_dir / TOKENIZER_NAME
 
 
 def train_files(data_dir: str | Path) -> list[Path]:

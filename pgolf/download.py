@@ -51,14 +51,27 @@ class Variant:
     repo_id: str
     name: str      # the hub's variant name; the dataset folder is fineweb10B_<name>
     caseops: bool
+    train_shards: int  # what the records on this data trained with: a different count changes results
 
 
 VARIANTS = {
-    "sp1024": Variant("willdepueoai/parameter-golf", "sp1024", caseops=False),
-    "sp8192": Variant("kevclark/parameter-golf", "sp8192", caseops=False),
+    "sp1024": Variant("willdepueoai/parameter-golf", "sp1024", caseops=False, train_shards=80),
+    "sp4096": Variant("kevclark/parameter-golf", "sp4096", caseops=False, train_shards=128),
+    "sp8192": Variant("kevclark/parameter-golf", "sp8192", caseops=False, train_shards=128),
     "sp8192-caseops": Variant("romeerp/parameter-golf-caseops-v1", "sp8192_lossless_caps_caseops_v1_reserved",
-                              caseops=True),
+                              caseops=True, train_shards=80),
 }
+
+
+def find_variant(name: str) -> tuple[str, Variant]:
+    """pgolf's variant name, or the upstream one (`sp8192_lossless_caps_caseops_v1_reserved`, also with its
+    `fineweb10B_` folder prefix), -> (pgolf's name, Variant)."""
+    bare = name.removeprefix("fineweb10B_")
+    for key, spec in VARIANTS.items():
+        if bare in (key, spec.name):
+            return key, spec
+    raise DataError(f"--variant {name!r}: choose one of {', '.join(VARIANTS)} (or their upstream names: "
+                    f"{', '.join(v.name for v in VARIANTS.values() if v.name not in VARIANTS)})")
 
 
 class _Hub:
@@ -157,13 +170,14 @@ def _check_target(out_dir: Path, source: dict) -> None:
     # Shards without a manifest are an interrupted download (the manifest is written last): resume it.
 
 
-def download(variant: str, out_dir: str | Path, train_shards: int, repo_id: str | None = None,
+def download(variant: str, out_dir: str | Path, train_shards: int | None = None, repo_id: str | None = None,
              local_hub: str | Path | None = None, progress: bool = True) -> dict:
-    """Fetch a published dataset into `out_dir` (resumable) and write its pgolf manifest; returns it."""
+    """Fetch a published dataset into `out_dir` (resumable) and write its pgolf manifest; returns it.
+
+    `train_shards` defaults to the variant's (`Variant.train_shards`)."""
     t0 = time.perf_counter()
-    if variant not in VARIANTS:
-        raise DataError(f"--variant {variant!r}: choose one of {', '.join(VARIANTS)}")
-    spec = VARIANTS[variant]
+    variant, spec = find_variant(variant)
+    train_shards = spec.train_shards if train_shards is None else train_shards
     repo = repo_id or spec.repo_id
     out_dir = Path(out_dir)
     source = {"kind": "download", "repo_id": repo, "variant": variant, "dataset": f"fineweb10B_{spec.name}"}

@@ -102,3 +102,42 @@ def test_plain_dir_uses_the_lut(plain_data):
     assert val.token_bytes.tolist() == lut_token_bytes(val.tokens.numpy(), build_byte_luts(sp)).tolist()
     # the LUT counts normalized text, so it is close to (not equal to) the original bytes
     assert abs(val.target_bytes_total / load_manifest(plain_data)["num_val_bytes"] - 1) < 0.05
+
+
+# --------------------------------------------------------------------------- data as the challenge downloads it
+@pytest.fixture
+def upstream_layout(tiny_data, tmp_path):
+    """tiny_data's shards in the challenge's layout, without pgolf's manifest:
+    data/datasets/fineweb10B_sp512/fineweb_*.bin and data/tokenizers/fineweb_512_bpe.model."""
+    shards = tmp_path / "data" / "datasets" / "fineweb10B_sp512"
+    shards.mkdir(parents=True)
+    for p in tiny_data.glob("fineweb_*.bin"):
+        shutil.copy(p, shards / p.name)
+    (tmp_path / "data" / "tokenizers").mkdir()
+    shutil.copy(tiny_data / "tokenizer.model", tmp_path / "data" / "tokenizers" / "fineweb_512_bpe.model")
+    return shards
+
+
+def test_data_without_a_manifest_is_checked_trained_and_evaluated(upstream_layout, tmp_path, capsys):
+    from pgolf.app.cli import main
+    from pgolf.data import manifest_sha256, tokenizer_path
+    from pgolf.rundir import RunDir
+    from pgolf.submission.audit import audit_paths
+
+    assert tokenizer_path(upstream_layout).name == "fineweb_512_bpe.model"
+    assert main(["data", "check", str(upstream_layout)]) == 0
+    out = capsys.readouterr().out
+    assert "token ids < vocab             PASS" in out and "all 8 checks passed" in out
+    run = RunDir(tmp_path / "run")
+    assert main(["run", "--preset", "tiny", "--data", str(upstream_layout), "--out", str(run.path), "--no-pack",
+                 "--set", "train.iterations=2", "--set", "eval.val_docs_limit=4", "--set", "ttt.enabled=false"]) == 0
+    rep = run.read_report()
+    # pgolf hashed the files itself and recorded that identity; the audit re-hashes and agrees
+    assert rep.data_manifest_sha256 == manifest_sha256(upstream_layout) and rep.val_bpb_roundtrip > 0
+    data_checks = [c for c in audit_paths([run.path]) if c.name == "data.manifest"]
+    assert data_checks and data_checks[0].status == "PASS" and "no manifest" in data_checks[0].detail
+    # and a changed shard changes the identity, which the audit then flags
+    shard = next(upstream_layout.glob("fineweb_val_0*.bin"))
+    shard.write_bytes(shard.read_bytes()[:-2] + b"\x02\x00")
+    assert manifest_sha256(upstream_layout) != rep.data_manifest_sha256
+    assert [c.status for c in audit_paths([run.path]) if c.name == "data.manifest"] == ["FAIL"]

@@ -11,7 +11,7 @@ import pytest
 from pgolf.check import PASS, SKIP, check_data
 from pgolf.app.cli import main
 from pgolf.data import load_manifest, load_val
-from pgolf.download import VARIANTS, download
+from pgolf.download import find_variant, VARIANTS, download
 from pgolf.errors import DataError
 from pgolf.shards import read_shard, shard_paths
 from pgolf.tokenizer import file_sha256
@@ -51,6 +51,10 @@ def test_variants_name_the_published_repos():
     assert VARIANTS["sp8192"].repo_id == "kevclark/parameter-golf"
     assert VARIANTS["sp8192-caseops"].repo_id == "romeerp/parameter-golf-caseops-v1"
     assert VARIANTS["sp8192-caseops"].name == CASEOPS_NAME and VARIANTS["sp8192-caseops"].caseops
+    # what the records on each dataset trained with
+    assert [VARIANTS[v].train_shards for v in ("sp1024", "sp4096", "sp8192", "sp8192-caseops")] == [80, 128, 128, 80]
+    for name in ("sp8192-caseops", CASEOPS_NAME, "fineweb10B_" + CASEOPS_NAME):
+        assert find_variant(name) == ("sp8192-caseops", VARIANTS["sp8192-caseops"])
 
 
 def test_cli_download_then_check_and_load(tiny_data, hub, tmp_path, capsys):
@@ -124,7 +128,9 @@ def test_hf_code_path_calls_hub_download(hub, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--variant", "sp4096"], "--variant 'sp4096': choose one of"),
+    (["--variant", "sp2048"], "--variant 'sp2048': choose one of"),
+    # the upstream name is accepted, and without --train-shards the variant's records' 80 shards are asked for
+    (["--variant", CASEOPS_NAME], "--train-shards 80: fineweb10B_" + CASEOPS_NAME + " has 5 training shards"),
     (["--train-shards", "99"], "--train-shards 99: fineweb10B_" + CASEOPS_NAME + " has 5 training shards"),
     (["--variant", "sp1024"], "no dataset named fineweb10B_sp1024"),
 ])

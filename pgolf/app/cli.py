@@ -52,9 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=verbs.cmd_prepare)
 
     p = dsub.add_parser("download", help="fetch the challenge's published shards through huggingface_hub")
-    p.add_argument("--variant", default="sp8192-caseops", help="sp1024 | sp8192 | sp8192-caseops")
+    p.add_argument("--variant", default="sp8192-caseops",
+                   help="sp1024 | sp4096 | sp8192 | sp8192-caseops, or the upstream name "
+                        "(e.g. sp8192_lossless_caps_caseops_v1_reserved)")
     p.add_argument("--out", required=True, help="output data directory")
-    p.add_argument("--train-shards", type=int, default=80, help="number of training shards (80 = the record)")
+    p.add_argument("--train-shards", type=int, default=None,
+                   help="number of training shards (default: what the variant's records used: 80 for CaseOps "
+                        "and sp1024, 128 for sp4096/sp8192)")
     p.add_argument("--repo-id", default=None, help="override the dataset repository")
     p.add_argument("--local-hub", default=None,
                    help="read from a local directory laid out like the hub repository (tests, mirrors)")
