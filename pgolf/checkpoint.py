@@ -277,7 +277,7 @@ def rng_state() -> dict[str, Any]:
              "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_has_gauss),
                        float(np_gauss)],
              "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if torch.cuda.is_available():  # device plumbing: CUDA generators exist only with a GPU (not a policy)
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 

@@ -8,7 +8,6 @@ the same code path as 8 GPUs. Backend: NCCL on CUDA, gloo on CPU.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 
@@ -51,6 +50,7 @@ def init_distributed(device: str | None = None) -> Dist:
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
+        # Device plumbing, not policy: NCCL only talks to CUDA devices, gloo to CPU (emulation included).
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     _STATE = Dist(rank, world_size, local_rank, dev)
     return _STATE
@@ -61,10 +61,16 @@ def get_dist() -> Dist:
 
 
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA, as the record runs (logits and CE stay fp32 in the model); nothing on CPU."""
+    """`device`'s policy autocast (`pgolf.device`); for callers that do not hold the policy themselves."""
+    from pgolf.device import policy_for
+
+    return policy_for(device).autocast()
+
+
+def sync(device: torch.device) -> None:
+    """Wait for `device`'s queued work before reading a clock (device plumbing: CPU work is synchronous)."""
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        torch.cuda.synchronize(device)
 
 
 def cleanup() -> None:

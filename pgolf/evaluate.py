@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from pgolf.bpb import BpbMeter
 from pgolf.checkpoint import import_record_state_dict, load_model
 from pgolf.config import EvalConfig, RunConfig
-from pgolf.distributed import autocast, get_dist
+from pgolf.device import policy_for
+from pgolf.distributed import get_dist, sync
 from pgolf.errors import ConfigError
 from pgolf.loader import build_cu_seqlens
 from pgolf.quant.artifact import read_artifact
@@ -102,7 +103,7 @@ def _eval_mode(model: nn.Module):
 def _score_row(model: nn.Module, x: Tensor, y: Tensor, cu_seqlens: Tensor, max_seqlen: int) -> Tensor:
     """Per-target NLL (nats, fp32) [n] of one packed row."""
     device = model_device(model)
-    with autocast(device):
+    with policy_for(device).autocast():
         nll = model(x.to(device)[None], y.to(device)[None], cu_seqlens=cu_seqlens.to(device),
                     max_seqlen=max_seqlen, reduction="none")
     return nll.reshape(-1).float()
@@ -179,11 +180,6 @@ def eval_sliding(model: nn.Module, val, seq_len: int, stride: int, *, meter: Bpb
 
 
 # --------------------------------------------------------------------------- a run's model, scored
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def load_scored_model(run: RunDir, cfg: RunConfig, prequant: bool = False) -> tuple[nn.Module, float]:
     """(GPT on this rank's device with looping on, seconds spent loading and decompressing).
 
@@ -210,8 +206,12 @@ def model_from_qstate(qstate: dict, cfg: RunConfig) -> nn.Module:
 
 
 def ready_for_scoring(model: nn.Module) -> nn.Module:
-    """On this rank's device, in eval mode, looped: the final model is scored as it was trained last."""
-    model = model.to(get_dist().device)
+    """On this rank's device in its policy's dtypes, in eval mode, looped: scored as it was trained last.
+
+    The dtype rule rounds the loaded fp32 embedding to bf16 on the record's policy, exactly as loading into
+    the record's bf16 parameter does (both round to nearest even): the seed's dequantized `tok_emb`."""
+    device = get_dist().device
+    model = policy_for(device).cast_model(model.to(device))
     model.set_looping(True)
     model.eval()
     return model

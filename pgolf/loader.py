@@ -169,10 +169,10 @@ class DocumentPackingLoader:
         shard_index, span_start = self._queue.pop(0)
         x, y, cu_seqlens = self._materialise(shard_index, span_start)
         self._queue.append(self._reserve_span())
+        # non_blocking overlaps a host-to-GPU copy with queued work; to the CPU `.to` returns the tensor itself.
         dev = self.device
-        nb = dev.type == "cuda"
-        return (x[None].to(dev, non_blocking=nb), y[None].to(dev, non_blocking=nb),
-                cu_seqlens.to(dev, non_blocking=nb), self.max_seq_len)
+        return (x[None].to(dev, non_blocking=True), y[None].to(dev, non_blocking=True),
+                cu_seqlens.to(dev, non_blocking=True), self.max_seq_len)
 
     # -- resume ---------------------------------------------------------------
     def state(self) -> dict[str, Any]:

@@ -17,8 +17,9 @@ Per bank slice (record: `Muon.step`), with μ the momentum and lr the scheduled 
     u = PolarExpress(u)                                5 minimax-tuned Newton-Schulz steps
     p *= 1 - lr·wd;  p -= lr·√max(1, rows/cols)·u      decoupled weight decay, shape scale
 
-On CUDA the gradient, momentum, orthogonalisation and communication run in bf16 like the record; on CPU
-everything stays fp32 (CPU bf16 matmuls are slow and would make the reference path needlessly inexact).
+Under the record's device policy (CUDA, or CUDA emulated on CPU) the gradient, momentum, orthogonalisation
+and communication run in bf16 and AdamW is fused, like the record; under the CPU policy everything stays
+fp32 and AdamW foreach (the exact reference path).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pgolf.config import TrainConfig
+from pgolf.device import policy_for
 from pgolf.errors import ConfigError
 
 # Polar Express (Amsel et al. 2025) per-iteration (a, b, c) for X <- aX + (bA + cA^2)X, A = XX^T: each
@@ -54,8 +56,8 @@ PACKED_GRAD_MAX_NUMEL = 1 << 15
 
 
 def default_work_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on CUDA (the record's numerics), fp32 elsewhere."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    """The policy's compute dtype: bf16 under the record's (CUDA or emulated) policy, fp32 under the CPU one."""
+    return policy_for(device).autocast_dtype or torch.float32
 
 
 def zeropower_polar_express(G: torch.Tensor, steps: int = 5, eps: float = 1e-7,
@@ -63,8 +65,8 @@ def zeropower_polar_express(G: torch.Tensor, steps: int = 5, eps: float = 1e-7,
     """Approximate the orthogonal polar factor U·Vᵀ of each matrix in G (`[..., rows, cols]`).
 
     Works on the wide orientation (rows <= cols) so that A = XXᵀ is the small Gram matrix, and starts
-    from X/‖X‖_F so every singular value lies in [0, 1]. Returns `dtype` (default: bf16 on CUDA,
-    fp32 otherwise) in G's orientation.
+    from X/‖X‖_F so every singular value lies in [0, 1]. Returns `dtype` (default: `default_work_dtype`)
+    in G's orientation.
     """
     assert G.ndim >= 2, f"need at least a matrix, got shape {tuple(G.shape)}"
     assert 1 <= steps <= len(PE_COEFFS), f"Polar Express has {len(PE_COEFFS)} tuned steps, asked for {steps}"
@@ -371,16 +373,16 @@ class Optimizers:
         for name, p in groups["muon"]:
             assert p.ndim == 3, f"{name}: Muon rows must be banks [n, rows, cols], got {tuple(p.shape)}"
         self.names = {opt: [n for n, _ in groups[opt]] for opt in OPTIMIZER_NAMES}
-        first_device = named[0][1].device if named else torch.device("cpu")
-        fused = True if first_device.type == "cuda" else None
-
-        # Compiling fuses the bf16 matmul chain on GPU (the record compiles it too); on CPU the eager fp32
-        # version is the reference and costs little, so it is never compiled there.
-        compile_pe = first_device.type == "cuda" and cfg.compile in ("auto", "on")
+        policy = policy_for(named[0][1].device if named else "cpu")
+        # The record's fused AdamW comes with its bf16 policy (torch has a fused CPU AdamW for emulation);
+        # the fp32 CPU policy keeps the default foreach kernel, the golden reference.
+        fused = True if policy.autocast_dtype else None
+        # Compiling fuses the bf16 Polar Express chain (the record compiles it too); a policy that does not
+        # compile by default (CPU) keeps the eager fp32 reference even with compile=on.
         self.muon = Muon([p for _, p in groups["muon"]], lr=cfg.matrix_lr, momentum=cfg.muon_momentum,
                          weight_decay=cfg.muon_wd, backend_steps=cfg.muon_backend_steps,
                          row_normalize=cfg.muon_row_normalize,
-                         orthogonalize=torch.compile(zeropower_polar_express, dynamic=False) if compile_pe
+                         orthogonalize=policy.compile(zeropower_polar_express) if policy.compile_auto and cfg.compile != "off"
                          else zeropower_polar_express)
         self.adam_embed = self._adam(groups["adam_embed"], "adam_embed", fused)
         self.adam_scalar = self._adam(groups["adam_scalar"], "adam_scalar", fused)

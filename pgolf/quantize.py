@@ -26,7 +26,7 @@ from torch import nn
 from pgolf.checkpoint import load_model, unbank_state_dict
 from pgolf.config import RunConfig
 from pgolf.data import load_val
-from pgolf.distributed import barrier, get_dist, is_main
+from pgolf.distributed import barrier, is_main
 from pgolf.evaluate import eval_packed, model_from_qstate
 from pgolf.quant.artifact import read_artifact, write_artifact
 from pgolf.quant.calibrate import load_calibration
@@ -53,7 +53,6 @@ def quantize_run(cfg: RunConfig, run: RunDir, *, code_bytes: tuple[int, int], ev
     """
     qcfg = cfg.quant
     report = run.read_report()
-    device = get_dist().device
     log = RunLog(run.train_log)
     art_path = run.artifact
     fields: dict = {}
@@ -63,10 +62,9 @@ def quantize_run(cfg: RunConfig, run: RunDir, *, code_bytes: tuple[int, int], ev
         model = load_model(run.require(run.final_model, "train the run first"), cfg)
         calib = load_calibration(run.require(run.calibration, "train the run first"))
         hessians, act_rms = calib["hessians"], calib["act_rms"]
+        # GPTQ and LQER run on the CPU in fp32 as the seed's do: on the GPU TF32 (on for training) would
+        # round GPTQ's block updates and cuSOLVER's SVD signs would move symbols and bytes.
         sd = unbank_state_dict(model.state_dict(), cfg.model)
-        if device.type == "cuda":  # GPTQ runs where the tensors are
-            sd = {k: v.to(device) for k, v in sd.items()}
-            hessians = {k: v.to(device) for k, v in hessians.items()}
         t_q = time.perf_counter()
         qstate = quantize_state_dict(sd, hessians, act_rms, qcfg)
         gptq_s = time.perf_counter() - t_q

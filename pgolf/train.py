@@ -35,12 +35,13 @@ from typing import Any, Callable
 
 import torch
 
-from pgolf import attention, schedule
+from pgolf import schedule
 from pgolf.checkpoint import (load_train_state, rng_state, save_model, save_train_state, seed_everything,
                               set_rng_state)
 from pgolf.config import RunConfig, TrainConfig
 from pgolf.data import load_val, manifest_sha256, train_files
-from pgolf.distributed import all_reduce_max, all_reduce_sum, autocast, barrier, init_distributed, is_main
+from pgolf.device import policy_for
+from pgolf.distributed import all_reduce_max, all_reduce_sum, barrier, init_distributed, is_main, sync
 from pgolf.errors import ConfigError, TrainingError
 from pgolf.evaluate import eval_packed
 from pgolf.loader import CU_BUCKET, CalibrationSampler, DocumentPackingLoader
@@ -75,11 +76,14 @@ def local_micro_tokens(cfg: TrainConfig, world_size: int, grad_accum: int) -> in
 # --------------------------------------------------------------------------- pieces of a step
 def forward_backward(forward: Callable, loader: DocumentPackingLoader, seq_len: int, grad_accum: int,
                      device: torch.device) -> torch.Tensor:
-    """Accumulate the gradients of one optimizer step; returns the mean micro-step loss (detached)."""
+    """Accumulate the gradients of one optimizer step; returns the mean micro-step loss (detached).
+
+    The forward autocasts as `device`'s policy says (the active one, possibly emulated)."""
     total = torch.zeros((), device=device)
+    policy = policy_for(device)
     for _ in range(grad_accum):
         x, y, cu_seqlens, max_seqlen = loader.next_batch(seq_len)
-        with autocast(device):
+        with policy.autocast():
             loss = forward(x, y, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
         (loss / grad_accum).backward()
         total += loss.detach().float()
@@ -95,7 +99,10 @@ def apply_update(optimizers, params: list[torch.nn.Parameter], clip_norm: float)
 
 
 class EMA:
-    """fp32 shadow of the full state dict: shadow = decay * shadow + (1 - decay) * weights, every step."""
+    """fp32 shadow of the full state dict: shadow = decay * shadow + (1 - decay) * weights, every step.
+
+    `copy_to` rounds into each parameter's own dtype: a bf16 embedding (the record's dtype rule) gets
+    the bf16-rounded average, as the record's `.to(dtype)` on copy-back does."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
@@ -132,12 +139,8 @@ class _Clock:
         self.base_s = elapsed_s
         self.t0 = None
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def start(self) -> None:
-        self._sync()
+        sync(self.device)
         self.t0 = time.perf_counter()
 
     def elapsed_s(self) -> float:
@@ -145,7 +148,7 @@ class _Clock:
 
     @contextlib.contextmanager
     def paused(self):
-        self._sync()
+        sync(self.device)
         self.base_s, self.t0 = self.elapsed_s(), None
         try:
             yield
@@ -235,19 +238,23 @@ class _Run:
         barrier()
         self.log = RunLog(run_dir.train_log)
         run_dir.write_config(cfg)
-        if self.dev.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        # The device policy (the active one: `PGOLF_EMULATE=cuda` runs CUDA's on CPU) decides dtypes,
+        # autocast, TF32 and compile; it stays the process's policy, which attention follows.
+        self.policy = policy = policy_for(self.dev)
+        policy.activate()
+        policy.apply_matmul_precision()
 
         seed_everything(tc.seed)
         self.files = train_files(data_dir)
         self.val = load_val(data_dir, include_tail=cfg.eval.include_tail, val_docs_limit=cfg.eval.val_docs_limit,
                             seq_len=cfg.eval.eval_seq_len)
-        self.model = GPT(cfg.model).to(self.dev)
+        # Cast before the optimizers and the EMA exist: their state takes the parameters' dtypes.
+        self.model = policy.cast_model(GPT(cfg.model).to(self.dev))
         self.opt = build_optimizers(self.model, tc)
         self.clip_params = [p for p in self.model.parameters() if p.requires_grad]
-        compiling = tc.compile == "on" or (tc.compile == "auto" and self.dev.type == "cuda")
-        self.forward = _compile(self.model) if compiling else self.model
+        compiling = policy.should_compile(tc.compile)
+        # Compiled at the call site; the eager model stays the one evaluated, calibrated and saved.
+        self.forward = policy.compile(self.model) if compiling else self.model
         self.seq_sched = schedule.SeqLenSchedule.from_config(tc)
         self.model_params = sum(p.numel() for p in self.model.parameters())
         self.log.event("setup", model_params=self.model_params, world_size=self.dist.world_size,
@@ -259,7 +266,8 @@ class _Run:
         self.warmup_s = 0.0
         if compiling and tc.warmup_steps > 0:  # also on resume: the checkpoint is loaded after it
             self.warmup_s = _compile_warmup(cfg, self.model, self.forward, self.opt, self.clip_params,
-                                            self._new_loader(), self.grad_accum, self.dev, self.log)
+                                            self._new_loader(), self.grad_accum, self.dev, self.log,
+                                            carry_muon_momentum=self.dist.world_size > 1)
         self.loader = self._new_loader()
         self.ema = EMA(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
         self.rewarm = schedule.ReWarm(tc.seq_change_warmup_steps)
@@ -401,16 +409,6 @@ class _Run:
         return {**summary, "losses": self.losses}
 
 
-def _compile(model: torch.nn.Module):
-    """torch.compile at the call site; the eager `model` stays the one evaluated, calibrated and saved.
-
-    With FlashAttention 3 the whole forward is one graph (fullgraph, as the record). The SDPA
-    fallback builds its block-diagonal mask from cu_seqlens values, which dynamo cannot trace,
-    so there it is allowed to break the graph around attention.
-    """
-    return torch.compile(model, dynamic=False, fullgraph=attention.IMPL == "fa3")
-
-
 def warmup_shapes(cfg: RunConfig) -> list[tuple[int, bool]]:
     """(stage length, looping) pairs the run will meet, in schedule order (the seed's "auto" mode).
 
@@ -428,14 +426,33 @@ def warmup_shapes(cfg: RunConfig) -> list[tuple[int, bool]]:
     return shapes
 
 
+def warmup_variants(cfg: RunConfig, row_tokens: int) -> list[tuple[int, bool, torch.Tensor]]:
+    """(stage length, looping, cu_seqlens) of every graph the compile warmup builds, in order.
+
+    For each (stage length, looping) shape, cu_seqlens padded to each bucket size (64, 128, 192,
+    256 entries) that can hold the boundaries of a row cut at that length, as the seed warms up.
+    """
+    out = []
+    for seq_len, looped in warmup_shapes(cfg):
+        boundaries = list(range(0, row_tokens, seq_len)) + [row_tokens]
+        for bucket in (CU_BUCKET * k for k in range(1, 5)):
+            if bucket >= len(boundaries):
+                cu = torch.full((bucket,), row_tokens, dtype=torch.int32)
+                cu[: len(boundaries)] = torch.tensor(boundaries, dtype=torch.int32)
+                out.append((seq_len, looped, cu))
+    return out
+
+
 def _compile_warmup(cfg: RunConfig, model, forward, opt, clip_params, loader, grad_accum: int,
-                    dev: torch.device, log: RunLog) -> float:
+                    dev: torch.device, log: RunLog, *, carry_muon_momentum: bool = False) -> float:
     """Build the compiled graphs before the clock starts, then undo every weight and optimizer change.
 
-    As the seed: for each (stage length, looping) shape, forward/backward passes with cu_seqlens
-    padded to each bucket size (64, 128, 192, 256 entries) that can hold that stage's boundaries,
-    so the timed loop does not recompile when a batch's document count crosses a bucket; then
-    warmup_steps real steps plain and warmup_steps looped at the first stage's cap.
+    As the seed: one forward/backward per `warmup_variants` graph, so the timed loop does not
+    recompile when a batch's document count crosses a bucket; then warmup_steps real steps plain and
+    warmup_steps looped at the first stage's cap, each at the base LR and the step's scheduled Muon
+    momentum. `carry_muon_momentum` keeps Muon's momentum from those steps through the restore: the
+    seed's sharded Muon (world size > 1) holds it outside its optimizer state, so its restore misses
+    it; at world size 1 the seed resets it.
     """
     tc = cfg.train
     t = time.perf_counter()
@@ -443,28 +460,28 @@ def _compile_warmup(cfg: RunConfig, model, forward, opt, clip_params, loader, gr
     initial_opt = opt.state_dict()
     shapes = warmup_shapes(cfg)
     x, y, _, _ = loader.next_batch(tc.seq_len_stages[0][0])
-    row_tokens = x.shape[1]
-    for seq_len, looped in shapes:
+    policy = policy_for(dev)
+    for seq_len, looped, cu in warmup_variants(cfg, x.shape[1]):
         model.set_looping(looped)
-        boundaries = list(range(0, row_tokens, seq_len)) + [row_tokens]
-        for bucket in (CU_BUCKET * k for k in range(1, 5)):
-            if bucket < len(boundaries):
-                continue
-            cu = torch.full((bucket,), row_tokens, dtype=torch.int32)
-            cu[: len(boundaries)] = torch.tensor(boundaries, dtype=torch.int32)
-            with autocast(dev):
-                loss = forward(x, y, cu_seqlens=cu.to(dev), max_seqlen=seq_len)
-            loss.backward()
-            opt.zero_grad(set_to_none=True)
+        with policy.autocast():
+            loss = forward(x, y, cu_seqlens=cu.to(dev), max_seqlen=seq_len)
+        loss.backward()
+        opt.zero_grad(set_to_none=True)
     first_seq_len = tc.seq_len_stages[0][0]
+    opt.set_lr_scale(1.0)
     for looped in (False, True) if cfg.model.num_loops > 0 else (False,):
         model.set_looping(looped)
-        for _ in range(tc.warmup_steps):
+        for i in range(tc.warmup_steps):
+            opt.set_muon_momentum(schedule.muon_momentum(i, tc.muon_momentum_warmup_start, tc.muon_momentum,
+                                                         tc.muon_momentum_warmup_steps))
             forward_backward(forward, loader, first_seq_len, grad_accum, dev)
             apply_update(opt, clip_params, tc.grad_clip_norm)
+    carried = {p: st["momentum_buffer"] for p, st in opt.muon.state.items()} if carry_muon_momentum else {}
     model.set_looping(False)
     model.load_state_dict({k: v.to(dev) for k, v in initial_weights.items()}, strict=True)
     opt.load_state_dict(initial_opt)
+    for p, buf in carried.items():
+        opt.muon.state[p]["momentum_buffer"] = buf
     opt.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - t
     log.event("compile_warmup", shapes=[f"{n}x{'loop' if lp else 'plain'}" for n, lp in shapes],

@@ -31,7 +31,6 @@ from typing import Iterable
 import torch
 
 from pgolf.checkpoint import atomic_save
-from pgolf.distributed import autocast
 from pgolf.errors import DataError
 
 CALIBRATION_FORMAT = "pgolf-calibration"
@@ -59,9 +58,7 @@ class HessianAccumulator:
             self.num_rows[weight_name] = 0
             self.num_calls[weight_name] = 0
         assert self.xtx[weight_name].shape[0] == x.shape[1], (weight_name, x.shape)
-        # The forward may run under bf16 autocast; the statistics must not.
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            self.xtx[weight_name].addmm_(x.T, x)
+        self.xtx[weight_name].addmm_(x.T, x)
         self.sq_sum[weight_name] += x.double().square().sum(dim=0)
         self.num_rows[weight_name] += x.shape[0]
         self.num_calls[weight_name] += 1
@@ -95,8 +92,11 @@ def collect_hessians(model: torch.nn.Module, batches: Iterable[torch.Tensor],
     """Run `model` on each token batch [B, T] and return (hessians [c, c], act_rms [c]) per weight name.
 
     The model is put in eval mode with looping on for the pass and restored
-    afterwards. Batches are moved to the model's device; on CUDA the forward
-    runs under bf16 autocast, as training does (the statistics stay fp32).
+    afterwards. Batches are moved to the model's device. The forward runs in the
+    model's own dtypes without autocast, as the seed calibrates: a model cast by
+    its device policy (`cast_model`: bf16 embedding, hence a bf16 residual stream
+    and bf16 matmuls on the record's policy) gives the seed's inputs; the
+    statistics are fp32.
     """
     device = _model_device(model)
     was_training = model.training
@@ -107,7 +107,7 @@ def collect_hessians(model: torch.nn.Module, batches: Iterable[torch.Tensor],
     if was_looping is not None:
         model.set_looping(True)
     try:
-        with torch.no_grad(), model.observe(acc.observe), autocast(device):
+        with torch.no_grad(), model.observe(acc.observe):
             for ids in batches:
                 model(ids.to(device=device, dtype=torch.long, non_blocking=True))
                 num_batches += 1
