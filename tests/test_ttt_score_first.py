@@ -84,6 +84,19 @@ def test_phase_boundaries_and_pause_points():
     assert phase_boundaries(8, 1, 8) == []  # nothing left to score after it
     assert phase_boundaries(0, 3, 10) == [] and phase_boundaries(5, 0, 10) == []
     assert pause_points([1, 3, 3, 3], [4, 5]) == [(2, 4), (3, 5)]
+    # A boundary already reached at the last pause still waits for one more batch per rank.
+    assert pause_points([3, 3, 3, 3], [2, 3]) == [(1, 2), (2, 3)]
+    # Two ranks: the other rank finishes its in-flight batch first; the second pause would leave nothing to score.
+    assert pause_points([1, 3, 3, 3], [4, 5], num_ranks=2) == [(3, 4)]
+    assert pause_points([3, 3, 3, 3], [2, 3], num_ranks=2) == [(2, 2)]
+
+
+def test_pause_points_replay_the_records_log():
+    """The record's queue: 50,000 documents in batches of 24, the partial batch (8 longest) first. Its 8-rank
+    log pauses at `pd:2672` scored documents; one rank would pause at the first batch past 2,500."""
+    sizes = [8] + [24] * (50_000 // 24)
+    assert pause_points(sizes, [2500], num_ranks=8) == [(112, 2500)] and sum(sizes[:112]) == 2672
+    assert pause_points(sizes, [2500]) == [(105, 2500)] and sum(sizes[:105]) == 2504
 
 
 def test_sgd_stream_keeps_each_docs_span_with_its_trailing_bos():
@@ -190,17 +203,18 @@ def test_base_model_frozen_during_ttt_and_untouched_after(tiny_cfg):
     assert all(p.requires_grad for p in model.parameters()) and not model.looping
 
 
-def test_phased_sgd_trains_on_the_first_docs_in_queue_order_and_changes_later_scores(tiny_cfg):
+def test_phased_sgd_trains_the_records_doc_set_and_changes_later_scores(tiny_cfg):
     cfg = small_cfg(tiny_cfg, phased_prefix_docs=4, global_lr=0.05, global_chunk_tokens=16)
     val = synthetic_val(DOC_TARGETS, cfg.model.vocab_size, seed=2)
     trace: list = []
     phased = run_ttt(fresh_model(cfg), val, cfg, trace=trace, dump=True)
     plain = run_ttt(fresh_model(cfg), val, small_cfg(tiny_cfg), dump=True)
     queue = build_queue(val.docs, 3)
-    first4 = [d.index for b in queue for d in b.docs][:4]
     whole_doc_updates = [e[1] for e in trace if e[0] == "update"
                          and len(e[2]) == val.docs[e[1]][1] - 1 and e[2][0] == val.docs[e[1]][0] + 1]
-    assert first4 == whole_doc_updates[-4:]
+    # Scored before the pause: queue batches 0 ([21, 30] targets) and 1 ([9, 10, 15]). The record's set sorts
+    # them by batch index, then row (shortest first), and keeps 4: the 30-target document is not trained on.
+    assert [val.docs[i][1] - 1 for i in whole_doc_updates] == [9, 10, 15, 21]
     # The pause comes after batches 0 and 1 of the queue (4 docs need 2 batches): batch 2 sees the new base.
     early = [d for b in queue[:2] for d in b.docs]
     late = [d for d in queue[2].docs]
@@ -221,7 +235,7 @@ def _free_port() -> int:
 
 
 def _gloo_cfg(tiny_cfg):
-    return small_cfg(tiny_cfg, lora_lr=0.0, phased_prefix_docs=3, global_lr=0.05, global_chunk_tokens=32,
+    return small_cfg(tiny_cfg, lora_lr=0.0, phased_prefix_docs=2, global_lr=0.05, global_chunk_tokens=32,
                      peer_mode="causal")
 
 
@@ -242,13 +256,24 @@ def _gloo_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     distributed.cleanup()
 
 
-def test_two_gloo_ranks_share_the_queue_and_match_one_process(tiny_cfg, tmp_path):
-    """Zero LoRA LR makes every batch rank-independent; global SGD averages gradients over ranks."""
+def test_two_gloo_ranks_share_the_queue_and_match_one_process(tiny_cfg, tmp_path, monkeypatch):
+    """Zero LoRA LR makes every batch rank-independent; global SGD averages gradients over ranks.
+
+    The pause depends on the number of ranks (each finishes its in-flight batch), so the one-process
+    reference pauses where two ranks do: after the second queue batch, where one rank alone pauses after
+    the first."""
+    import dataclasses
+
     import torch.multiprocessing as mp
+
+    from pgolf.ttt import score_first
 
     cfg = _gloo_cfg(tiny_cfg)
     val = synthetic_val(DOC_TARGETS, cfg.model.vocab_size, seed=2)
+    one = score_first.get_dist()
+    monkeypatch.setattr(score_first, "get_dist", lambda: dataclasses.replace(one, world_size=2))
     ref = run_ttt(fresh_model(cfg), val, cfg)
+    assert ref.num_global_phases == 1
     mp.spawn(_gloo_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)

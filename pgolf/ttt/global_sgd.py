@@ -8,11 +8,25 @@ scoring resumes on the rest of the queue with the adapted base. Every token it
 trains on was scored before the pause, so score-before-update holds (C3), and
 the documents scored later depend only on documents ordered before them (C1).
 
-With `phased_num_phases = n` the pauses fall after P(i+1)/n documents. Here a
-pause happens after the smallest number of queue batches that contains the
-boundary's documents, and the SGD set is the first `boundary` documents in
-queue order (the seed instead keeps the boundary's documents with the lowest
-ascending batch index among everything scored by then; both sets are scored).
+With `phased_num_phases = n` the boundaries are P(i+1)/n documents, and the
+pause follows the record's rule. There, ranks claim queue batches from a shared
+counter and add each finished batch's documents to a shared count; the rank
+whose batch lifts the count to the boundary raises a pause flag, and every
+other rank pauses when it finishes the batch it is on. `pause_points` replays
+that rule on the static claim order (batches finish in the order they were
+claimed): the pause comes after the batch that reaches the boundary plus one
+in-flight batch per other rank, and at least one batch per rank after the
+previous pause. On the record's queue that is 112 batches / 2,672 documents on
+8 ranks (its log's `pd:2672`) and 105 / 2,504 on one. On GPUs a slow batch can
+finish out of claim order and move the record's pause by a batch; here it never
+moves, so scores do not depend on timing. A pause that would leave nothing to
+score is dropped.
+
+The SGD set is the record's: every document scored so far (all ranks, all
+phases), sorted by (ascending batch index, row in the batch), cut to the
+boundary. The queue runs longest first, so the stream runs from the shortest
+scored documents to the longest, and the longest scored documents beyond the
+boundary are not trained on.
 
 SGD (the record's `train_val_ttt_global_sgd_distributed`): all base parameters,
 SGD(lr, momentum), no weight decay; the documents' tokens are concatenated and
@@ -25,6 +39,7 @@ chunk is skipped; gradients are averaged over ranks, then clipped.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from typing import Callable, Sequence
@@ -33,6 +48,7 @@ import torch
 from torch import nn
 
 from pgolf.config import TTTConfig
+from pgolf.device import policy_for
 from pgolf.distributed import all_reduce_sum, get_dist
 from pgolf.loader import build_cu_seqlens
 
@@ -46,15 +62,18 @@ def phase_boundaries(prefix_docs: int, num_phases: int, total_docs: int) -> list
     return sorted({b for b in out if 0 < b < total_docs})
 
 
-def pause_points(batch_sizes: Sequence[int], boundaries: Sequence[int]) -> list[tuple[int, int]]:
-    """(number of queue batches to finish first, number of docs to train on) for each boundary."""
+def pause_points(batch_sizes: Sequence[int], boundaries: Sequence[int],
+                 num_ranks: int = 1) -> list[tuple[int, int]]:
+    """(queue batches scored before the pause, documents global SGD trains on) per boundary (module docstring)."""
     out = []
-    done_docs, nb = 0, 0
+    done = list(itertools.accumulate(batch_sizes))  # documents in the first i+1 batches
+    last = 0
     for boundary in boundaries:
-        while done_docs < boundary:
-            done_docs += batch_sizes[nb]
-            nb += 1
-        out.append((nb, boundary))
+        reach = next(i + 1 for i, n in enumerate(done) if n >= boundary)
+        last = min(max(reach, last + 1) + num_ranks - 1, len(done))
+        if last == len(done):
+            break
+        out.append((last, boundary))
     return out
 
 
@@ -79,17 +98,18 @@ def cosine_lr(base_lr: float, ci: int, num_chunks: int) -> float:
 
 
 def run_global_sgd(model: nn.Module, stream: torch.Tensor, cfg: TTTConfig, *,
-                   autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                   autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
                    on_step: Callable[[int, int, float], None] | None = None) -> dict:
     """Train every base parameter on `stream` (see the module docstring). Returns counts and seconds.
 
     Every rank calls this with the same stream; each trains on its share of
     each chunk's sequences and all ranks all-reduce every gradient every step
-    (a rank without sequences contributes zeros).
+    (a rank without sequences contributes zeros). `autocast` defaults to the device policy's.
     """
     t0 = time.perf_counter()
     d = get_dist()
     device = next(model.parameters()).device
+    autocast = autocast or policy_for(device).autocast
     seq_len = cfg.eval_seq_len
     num_targets = stream.numel() - 1
     num_chunks = (num_targets + cfg.global_chunk_tokens - 1) // cfg.global_chunk_tokens

@@ -33,7 +33,6 @@ all-reduced at the end and `run_ttt` asserts that every target was scored.
 from __future__ import annotations
 
 import copy
-import functools
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -45,7 +44,8 @@ import torch.distributed as dist
 
 from pgolf.bpb import BpbMeter
 from pgolf.config import RunConfig
-from pgolf.distributed import all_reduce_sum, autocast, barrier, get_dist
+from pgolf.device import policy_for
+from pgolf.distributed import all_reduce_sum, barrier, get_dist, sync
 from pgolf.ttt.global_sgd import pause_points, phase_boundaries, run_global_sgd, sgd_stream
 from pgolf.ttt.lora import BatchedLoRA, FrozenLoRA
 from pgolf.ttt.peer_modes import make_ensemble
@@ -139,10 +139,6 @@ class _Claimer:
 # --------------------------------------------------------------------------- the loop
 
 
-def _use_compile(cfg: RunConfig, device: torch.device) -> bool:
-    return cfg.train.compile == "on" or (cfg.train.compile == "auto" and device.type == "cuda")
-
-
 class _Run:
     """State of one `run_ttt` call on one rank; the `ScoreSink` its ensemble scores through."""
 
@@ -150,7 +146,9 @@ class _Run:
         self.model, self.val, self.cfg, self.t = model, val, cfg, cfg.ttt
         self.trace, self.dump = trace, dump
         self.device = next(model.parameters()).device
-        self.autocast = functools.partial(autocast, self.device)
+        # The device policy decides autocast, compile and the optimizer kernel (CUDA emulation included).
+        self.policy = policy_for(self.device)
+        self.autocast = self.policy.autocast
         self.fwd = model
         self.tokens = val.tokens.cpu()
         self.token_bytes = val.token_bytes.cpu()
@@ -178,10 +176,14 @@ class _Run:
         return self.reusable
 
     def optimizer(self, lora: BatchedLoRA) -> torch.optim.Optimizer:
-        """A new AdamW per batch, i.e. zeroed moments and step."""
+        """A new AdamW per batch, i.e. zeroed moments and step.
+
+        Fused under the record's bf16 policy, as the record's (torch has a fused CPU AdamW, so CUDA
+        emulation runs the same kernel); the fp32 CPU policy keeps torch's default, the reference."""
         t = self.t
         return torch.optim.AdamW(lora.parameters(), lr=t.lora_lr * t.local_lr_mult, betas=(t.beta1, t.beta2),
-                                 eps=t.eps, weight_decay=t.weight_decay, fused=self.device.type == "cuda")
+                                 eps=t.eps, weight_decay=t.weight_decay,
+                                 fused=self.policy.autocast_dtype is not None)
 
     # -- bookkeeping (the ScoreSink)
     def target_bytes(self, w: Windows) -> torch.Tensor:
@@ -286,7 +288,7 @@ def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool
     t_start = time.perf_counter()
     queue = build_queue(val.docs, t.batch_size)
     boundaries = phase_boundaries(t.phased_prefix_docs, t.phased_num_phases, sum(len(b.docs) for b in queue))
-    pauses = pause_points([len(b.docs) for b in queue], boundaries)
+    pauses = pause_points([len(b.docs) for b in queue], boundaries, get_dist().world_size)
     if pauses:
         model = copy.deepcopy(model)
     flags = [p.requires_grad for p in model.parameters()]
@@ -298,7 +300,7 @@ def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool
     run = _Run(model, val, cfg, trace, dump)
     seconds: dict[str, float] = {}
     try:
-        if _use_compile(cfg, run.device):
+        if run.policy.should_compile(cfg.train.compile):
             run.fwd, seconds["compile_warmup_s"] = _compile_and_warm(model, cfg, run)
         claimer = _Claimer(f"pgolf_ttt/{next(_CALLS)}")
         t_eval = time.perf_counter()
@@ -314,12 +316,13 @@ def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool
             if seg < len(pauses):
                 barrier()
                 t0 = time.perf_counter()
-                ordered = [doc for b in queue for doc in b.docs][: pauses[seg][1]]
+                # The record's SGD set: every document scored so far, by (batch index, row), cut to the boundary.
+                ordered = [d for b in sorted(queue[:hi], key=lambda b: b.batch_idx) for d in b.docs][:pauses[seg][1]]
                 if trace is not None:
                     trace.extend(("update", doc.index, tuple(range(doc.start + 1, doc.start + doc.length)))
                                  for doc in ordered)
                 stream = sgd_stream(run.tokens, [(doc.start, doc.length) for doc in ordered])
-                info = run_global_sgd(model, stream, t, autocast=run.autocast)
+                info = run_global_sgd(model, stream, t)
                 run.reusable = None  # rebuilt with fresh A for the adapted base
                 run.ensemble.base_changed()
                 sgd_s += time.perf_counter() - t0
@@ -364,23 +367,22 @@ def _finish(run: _Run, val, cfg: RunConfig, queue, num_phases: int, seconds, t_s
                      num_global_phases=num_phases, phase_seconds=seconds, **arrays)
 
 
-RECOMPILE_LIMIT = 64
-"""TTT calls the forward in several guard variants (grad on/off, own/subset/peer routing, live or frozen
-adapters) on top of dynamic shapes; dynamo's default limit of 8 would silently fall back to eager."""
-
-
-def _compile_and_warm(model, cfg: RunConfig, run: _Run) -> tuple[Any, float]:
+def _compile_and_warm(model, cfg: RunConfig, run: _Run, backend: str = "inductor") -> tuple[Any, float]:
     """torch.compile the LoRA forward and run every variant the loop uses on random tokens (never val tokens).
 
     Per context length (the chunk sizes and the full window): a trained forward
     of all rows and of subsets of rows, one row included (backward + AdamW step), a score-only
     no-grad forward, and, when the ensemble has peers, a no-grad forward through
     routed peer adapters of the kind it uses. Timed separately from the evaluation.
+
+    The policy's TTT compile arguments and recompile limits: the loop calls the forward in many guard
+    variants (grad on/off, own/subset/peer routing, live or frozen adapters) on top of dynamic shapes,
+    beyond dynamo's default limit of 8, past which it would silently fall back to eager.
+    `backend` is for tests (aot_eager builds faster on CPU).
     """
     t0 = time.perf_counter()
     t = cfg.ttt
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-    fwd = torch.compile(model, dynamic=True)
+    fwd = run.policy.compile(model, ttt=True, backend=backend)
     g = torch.Generator().manual_seed(0)
     bsz = t.batch_size
     lora = BatchedLoRA(cfg.model, t, bsz, model.num_slots, run.device, g)
@@ -406,8 +408,7 @@ def _compile_and_warm(model, cfg: RunConfig, run: _Run) -> tuple[Any, float]:
                     peers.peer_index = torch.randint(0, bsz, (rows,), generator=g).to(run.device)
                     score_windows(fwd, peers, w, run.device, run.autocast, want_entropy=False)
     lora.peer_index = None
-    if run.device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(run.device)
     return fwd, time.perf_counter() - t0
 
 
