@@ -201,3 +201,14 @@ def test_on_cpu_end_to_end_through_the_shell_script(tmp_path):
     assert doc["sections"]["ttt"]["figures"]["docs"] == 4 and math.isfinite(doc["sections"]["ttt"]["figures"]["bpb"])
     assert doc["sections"]["parity"]["figures"]["steps_done"] == 2
     assert "parity step 2:" in proc.stdout
+
+
+def test_train_log_figures_read_a_partial_log(gc, tmp_path):
+    log = tmp_path / "train.jsonl"
+    assert gc.train_log_figures(log) == {}
+    lines = [{"event": "setup"}, {"event": "compile_warmup", "seconds": 61.25}]
+    lines += [{"event": "step", "step": k, "elapsed_s": 0.5 * k} for k in (1, 2, 3, 4, 5, 10, 15)]
+    log.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    got = gc.train_log_figures(log)
+    assert got == {"last_logged_step": 15, "compile_warmup_s": 61.25, "steady_ms_per_step": 500.0,
+                   "steady_from_step": 5}
