@@ -64,7 +64,7 @@ NEEDS_CUDA = ("pytest_gpu", "data", "train", "compile", "ttt", "parity")
 
 # FineWeb SP8192's validation split averages 957 tokens per document (47,853,343 targets over 50,000
 # documents). A lognormal with sigma 1 and that mean puts ~5% of documents over the 3072-token cap, so
-# packed rows hold as many segments as the record's do and hit the cu_seqlens buckets its warmup builds.
+# packed rows hold about as many segments as the record's do and hit the cu_seqlens buckets its warmup builds.
 SYNTH_MEAN_DOC_TOKENS = 957
 SYNTH_SIGMA = 1.0
 
@@ -74,6 +74,9 @@ SYNTH_SIGMA = 1.0
 # fp32. The floor covers steps where that distance happens to be tiny.
 PARITY_NOISE_MULT = 3.0
 PARITY_FLOOR_NATS = 0.02
+
+# Where runs/*_8xh100.sh download the challenge data; used instead of the embedded corpus when present.
+CHALLENGE_DATA = REPO / "data" / "sp8192-caseops"
 
 STATUSES = ("ok", "failed", "skipped", "timeout")
 NOT_SELECTED = "not selected (--only)"  # skipped on request: --strict does not count these
@@ -354,11 +357,6 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def section_pytest_gpu(args, progress: Progress) -> dict:
-    """Runs in the parent (pytest is its own process already); see `run_pytest`."""
-    raise AssertionError("pytest_gpu runs through run_pytest")
-
-
 def section_data(args, progress: Progress) -> dict:
     from pgolf.data import load_manifest
     from pgolf.prepare import prepare_data
@@ -366,9 +364,13 @@ def section_data(args, progress: Progress) -> dict:
     eval_dir, train_dir = data_dirs(args)
     if args.data:
         manifest = load_manifest(eval_dir)
-        return result("ok", figures={"data": str(eval_dir), "source": "given (--data)",
-                                     "vocab_size": manifest.get("vocab_size"),
-                                     "num_val_docs": manifest.get("num_val_docs")})
+        figures = {"eval_data": str(eval_dir), "train_data": str(train_dir), "train_data_kind": "as given",
+                   "vocab_size": manifest.get("vocab_size"), "num_val_docs": manifest.get("num_val_docs")}
+        want = vocab_size(args)
+        if manifest.get("vocab_size") is not None and int(manifest["vocab_size"]) > want:
+            return result("failed", reason=f"{eval_dir}: vocabulary {manifest['vocab_size']} exceeds the "
+                          f"{preset_name(args)} model's {want}", figures=figures)
+        return result("ok", figures=figures)
     vocab = vocab_size(args)
     val_docs = max(args.ttt_docs + 8, 16)
     manifest = _usable_manifest(eval_dir, vocab, val_docs)
@@ -678,11 +680,6 @@ class _ParityRunner:
         return float(loss.detach().float())
 
 
-def section_compile(args, progress: Progress, results: dict) -> dict:
-    """Runs in the parent: the compile figures of train and ttt, and bench/compile_report.py when present."""
-    raise AssertionError("compile runs through run_compile")
-
-
 IN_PROCESS = {"environment": section_environment, "data": section_data, "train": section_train,
               "ttt": section_ttt, "parity": section_parity}
 
@@ -983,8 +980,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", default=str(REPO / "out" / "gpu_check"), help="working directory (data, run, logs)")
     ap.add_argument("--json", default=None, help="where to write the results (default OUT/gpu_check.json)")
     ap.add_argument("--data", default=None,
-                    help="a prepared data directory to train and evaluate on (default: the embedded corpus, "
-                         "prepared here, and a synthetic training shard)")
+                    help="a prepared data directory to train and evaluate on (default: data/sp8192-caseops when "
+                         "it is there, else the embedded corpus, prepared here, and a synthetic training shard)")
     ap.add_argument("--preset", default="seed", help="seed or record: the model trained and evaluated (default seed)")
     ap.add_argument("--only", default=None, help=f"comma-separated sections to run, of {','.join(SECTIONS[1:])} "
                     "(environment always runs)")
@@ -1008,6 +1005,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--section-dir", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     _validate(args)
+    if args.data is None and not args.on_cpu and (CHALLENGE_DATA / "manifest.json").is_file():
+        args.data = str(CHALLENGE_DATA)  # the recipes' download location: real FineWeb beats the stand-ins
     # What a section's child process needs to rebuild the same settings (never --section itself).
     args.child_argv = [a for a in _child_argv(argv if argv is not None else sys.argv[1:])]
     return args
