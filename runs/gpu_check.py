@@ -285,24 +285,20 @@ def train_run_dir(args) -> Path:
 def _cuda_device():
     import torch
 
-    return torch.device("cuda" if torch.cuda.is_available() and not _force_cpu() else "cpu")
-
-
-def _force_cpu() -> bool:
-    return os.environ.get("PGOLF_GPU_CHECK_ON_CPU") == "1"
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _sync() -> None:
     import torch
 
-    if torch.cuda.is_available() and not _force_cpu():
+    if torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
 def _memory_figures(prefix: str) -> dict:
     import torch
 
-    if not torch.cuda.is_available() or _force_cpu():
+    if not torch.cuda.is_available():
         return {}
     gib = 2 ** 30
     return {f"{prefix}_peak_allocated_gib": round(torch.cuda.max_memory_allocated() / gib, 2),
@@ -312,7 +308,7 @@ def _memory_figures(prefix: str) -> dict:
 def _reset_memory() -> None:
     import torch
 
-    if torch.cuda.is_available() and not _force_cpu():
+    if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 
 
@@ -382,7 +378,8 @@ def section_data(args, progress: Progress) -> dict:
     else:
         progress.note(f"reused {eval_dir}")
     progress.update(eval_data=str(eval_dir), vocab_size=manifest.get("vocab_size"),
-                    num_val_docs=manifest.get("num_val_docs"), num_train_tokens_embedded=manifest.get("num_train_tokens"))
+                    num_val_docs=manifest.get("num_val_docs"),
+                    num_train_tokens_embedded=manifest.get("num_train_tokens"))
     synth_tokens = 1 << 20 if args.on_cpu else 64 << 20
     write_synthetic_dir(eval_dir, train_dir, vocab, synth_tokens, seed=0)
     progress.update(train_data=str(train_dir), train_data_kind="random tokens, lognormal document lengths "
@@ -586,8 +583,6 @@ def _headline_tuple(res):
 
 def section_parity(args, progress: Progress) -> dict:
     """Steps of the same model on the same batches under three policies, losses compared per step."""
-    import torch
-
     from pgolf import device as device_mod
     from pgolf import emulation
     from pgolf.config import load_preset
@@ -696,7 +691,6 @@ def run_child(section: str, args, budget_s: float, logs: Path) -> dict:
            *args.child_argv]
     env = _child_env()
     if args.on_cpu:  # every library call in the child then picks the CPU, also on a GPU machine
-        env["PGOLF_GPU_CHECK_ON_CPU"] = "1"
         env["CUDA_VISIBLE_DEVICES"] = ""
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
@@ -710,7 +704,8 @@ def run_child(section: str, args, budget_s: float, logs: Path) -> dict:
     seconds = time.perf_counter() - t0
     partial = _read_json(prog_path) or {}
     if section == "train" and (rc is None or rc != 0):
-        partial["figures"] = {**(partial.get("figures") or {}), **train_log_figures(train_run_dir(args) / "train.jsonl")}
+        from_log = train_log_figures(train_run_dir(args) / "train.jsonl")
+        partial["figures"] = {**(partial.get("figures") or {}), **from_log}
     if rc is None:
         return result("timeout", reason=f"still running after its {budget_s:.0f} s budget (killed); "
                       f"figures are what it had measured", figures=partial.get("figures"),
