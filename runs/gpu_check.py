@@ -853,8 +853,14 @@ def _skip_reason(section: str, probes: dict, args, results: dict) -> str | None:
         return "--on-cpu: the gpu-marked tests need CUDA"
     if section == "pytest_gpu" and importlib.util.find_spec("pytest") is None:
         return "pytest not installed"
-    if section in ("train", "ttt", "parity") and (results.get("data") or {}).get("status") not in ("ok", None):
-        return "the data section did not finish"
+    if section in ("train", "ttt", "parity"):
+        data = results.get("data") or {}
+        if data.get("reason") == NOT_SELECTED:  # data from an earlier run will do, if it is there
+            missing = [str(d) for d in data_dirs(args) if not (d / "manifest.json").is_file()]
+            if missing:
+                return f"no data in {missing[0]}: run the data section too, or pass --data DIR"
+        elif data.get("status") != "ok":
+            return "the data section did not finish"
     if section == "compile" and not args.on_cpu and not probes["triton"]["present"]:
         return f"{probes['triton']['detail']}: nothing is compiled"
     return None
@@ -971,7 +977,8 @@ def _fmt(v) -> str:
 
 # =============================================================================== command line
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="gpu_check", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="gpu_check", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "out" / "gpu_check"), help="working directory (data, run, logs)")
     ap.add_argument("--json", default=None, help="where to write the results (default OUT/gpu_check.json)")
     ap.add_argument("--data", default=None,

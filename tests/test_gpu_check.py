@@ -212,3 +212,11 @@ def test_train_log_figures_read_a_partial_log(gc, tmp_path):
     got = gc.train_log_figures(log)
     assert got == {"last_logged_step": 15, "compile_warmup_s": 61.25, "steady_ms_per_step": 500.0,
                    "steady_from_step": 5}
+
+
+def test_a_section_without_data_is_skipped_with_the_reason(gc, tmp_path):
+    rc, doc = _run(gc, tmp_path, "--on-cpu", "--only", "parity")
+    assert rc == 0
+    assert doc["sections"]["data"]["reason"] == gc.NOT_SELECTED and "data" not in doc["skipped"]
+    assert doc["sections"]["parity"]["status"] == "skipped"
+    assert doc["sections"]["parity"]["reason"].startswith("no data in ")
