@@ -25,12 +25,16 @@ from pgolf.train import train
 def record_run(cfg: RunConfig, data_dir: str | Path, run: RunDir, *, code_bytes: tuple[int, int]) -> Report:
     """Train, quantize and evaluate `cfg` on DATA_DIR into RUN; returns the run's report."""
     train(cfg, data_dir, run.path)
-    model = quantize_run(cfg, run, code_bytes=code_bytes, data_dir=data_dir)[1]
+    quantized, model = quantize_run(cfg, run, code_bytes=code_bytes, data_dir=data_dir)
+    log = RunLog(run.eval_log)
+    # The seed's evaluation log line for the roundtrip figure quantize just computed (audits match on it).
+    log.info(f"diagnostic quantized val_loss:{quantized['val_loss_roundtrip']:.8f} "
+             f"val_bpb:{quantized['val_bpb_roundtrip']:.8f} "
+             f"eval_time:{int(round(quantized['roundtrip_eval_seconds'] * 1000))}ms")
     if cfg.ttt.enabled:
         val = load_val(data_dir, include_tail=cfg.eval.include_tail, val_docs_limit=cfg.eval.val_docs_limit,
                        seq_len=cfg.eval.eval_seq_len)
-        log = RunLog(run.eval_log)
         figures, phases, _ = ttt_phase(model, val, cfg, log)
         run.update_report(**figures, phase_seconds=phases)
-        log.close()
+    log.close()
     return run.read_report()

@@ -285,6 +285,11 @@ def run_dir(tmp_path, tiny_json) -> Path:
     return run
 
 
+def _pack_args(runs, out, **who) -> argparse.Namespace:
+    return argparse.Namespace(run_dirs=[str(r) for r in runs], out=str(out), submitter=None,
+                              **{k: who.get(k) for k in ("author", "github_id", "name")})
+
+
 def test_size_agrees_with_disk(run_dir, tiny_json, capsys):
     assert verbs.cmd_size(argparse.Namespace(run_dir=str(run_dir))) == 0
     out = capsys.readouterr().out
@@ -306,7 +311,7 @@ def test_size_fails_over_a_small_cap(run_dir):
     with pytest.raises(ArtifactError, match=f"{total:,} bytes > quant.size_cap_bytes 50,000"):
         verbs.cmd_size(argparse.Namespace(run_dir=str(run_dir)))
     with pytest.raises(ArtifactError, match="over the size cap"):
-        verbs.cmd_pack(argparse.Namespace(run_dir=str(run_dir), out=str(run_dir / "record")))
+        verbs.cmd_pack(_pack_args([run_dir], run_dir / "record"))
     assert not (run_dir / "record" / "train_gpt.py").exists()
     from pgolf.app.cli import main
 
@@ -321,7 +326,7 @@ def test_size_without_artifact_is_a_clear_error(run_dir):
 
 def test_pack_writes_record_folder(run_dir, tmp_path):
     out = tmp_path / "record"
-    assert verbs.cmd_pack(argparse.Namespace(run_dir=str(run_dir), out=str(out))) == 0
+    assert verbs.cmd_pack(_pack_args([run_dir], out)) == 0
     names = {p.name for p in out.iterdir()}
     assert {"train_gpt.py", "README.md", "submission.json", "config.json", "train.jsonl", "report.json",
             "requirements.txt"} <= names
@@ -374,3 +379,43 @@ def test_packed_file_reproduces_the_package(bare_python, tmp_path):
         assert key in a and a[key] == b[key], key
     assert b["code_bytes"] == os.path.getsize(rec / "train_gpt.py")
     assert (pkg / "run" / ARTIFACT_NAME).read_bytes() == (rec / "run" / ARTIFACT_NAME).read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("PGOLF_SLOW"), reason="slow (two tiny runs, ~1 min on 2 CPU cores): set PGOLF_SLOW=1")
+def test_two_seeds_make_one_record_the_audit_passes(tiny_data, tmp_path):
+    from pgolf.app.cli import main
+    from pgolf.submission.audit import FAIL, audit_paths
+
+    runs = []
+    for seed in (1, 2):
+        run = tmp_path / f"seed{seed}"
+        assert main(["run", "--preset", "tiny", "--data", str(tiny_data), "--out", str(run), "--no-pack",
+                     "--seed", str(seed), "--set", "train.iterations=2", "--set", "eval.val_docs_limit=6"]) == 0
+        runs.append(run)
+    out = tmp_path / "records" / "track_non_record_16mb" / "2026-12-01_Tiny"
+    assert verbs.cmd_pack(_pack_args(runs, out, author="A. Golfer", github_id="agolfer")) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"train_gpt.py", "submission.json", "README.md", "train_seed1.log", "train_seed2.log", "seed1",
+            "seed2"} <= names
+    sub = json.loads((out / "submission.json").read_text())
+    reports = [json.loads((r / "report.json").read_text()) for r in runs]
+    scores = [record.final_result(r)[1] for r in reports]
+    assert sub["seeds"] == [1, 2] and sub["author"] == "A. Golfer" and sub["github_id"] == "agolfer"
+    assert sub["val_bpb"] == pytest.approx(sum(scores) / 2, abs=1e-12)
+    assert sub["val_bpb_std"] == pytest.approx(abs(scores[0] - scores[1]) / 2 ** 0.5, abs=1e-12)
+    assert sub["compliance"]["ensemble_compliant"] and sub["compliance"]["every_target_scored_once"]
+    log = (out / "train_seed2.log").read_text()
+    assert "seed: 2" in log and "model.num_layers: 4" in log and "step:2/2 train_loss:" in log
+    checks = audit_paths([out])
+    assert not [c for c in checks if c.status == FAIL], [c for c in checks if c.status == FAIL]
+    # a run of another configuration is refused, naming the field
+    other = tmp_path / "other"
+    shutil.copytree(runs[1], other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["train"]["matrix_lr"] = 0.05
+    cfg["train"]["seed"] = 3
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactError, match="config differs .* in train.matrix_lr"):
+        verbs.cmd_pack(_pack_args([runs[0], other], tmp_path / "refused"))
+    assert not (tmp_path / "refused").exists()

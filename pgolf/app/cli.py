@@ -95,8 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=verbs.cmd_size)
 
     p = sub.add_parser("pack", help="write a challenge record folder with a single train_gpt.py")
-    p.add_argument("run_dir")
-    p.add_argument("--out", required=True, help="record folder to create")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN", help="run directories: one, or several seeds of one config")
+    p.add_argument("--out", required=True, help="record folder to create, e.g. records/track_10min_16mb/DATE_Name")
+    p.add_argument("--author", default=None, help="submission.json author (default: git user.name)")
+    p.add_argument("--github-id", default=None, help="submission.json github_id")
+    p.add_argument("--name", default=None, help="submission.json name (default: the preset and techniques)")
+    p.add_argument("--submitter", default=None, metavar="FILE.json",
+                   help="a JSON file with author / github_id / name (flags win)")
     p.set_defaults(handler=verbs.cmd_pack)
 
     # ---- eval

@@ -2,8 +2,10 @@
 
     python train_gpt.py [--data DIR] [--out RUN] [--seed N] [--set SECTION.FIELD=VALUE ...] [--overwrite]
 
-The config embedded at pack time is the base; `--seed` and `--set` go through the same
-`config.resolve` as every pgolf verb. The data directory must already be prepared.
+The config embedded at pack time is the base, without its seed: like the challenge's records, the
+file is the same for every seed and `--seed` picks one (default: the config default, 42). `--seed` and
+`--set` go through the same `config.resolve` as every pgolf verb. The data directory must already be
+prepared.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ and what a person reads at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from pgolf.data import load_val
 from pgolf.bpb import BpbMeter
 from pgolf.distributed import all_reduce_sum, cleanup, get_dist, init_distributed, is_main, print0
 from pgolf.download import download
-from pgolf.errors import ArtifactError, DataError
+from pgolf.errors import ArtifactError, ConfigError, DataError
 from pgolf.evaluate import ScoredHook, diag_line, eval_packed, load_scored_model, model_device, sync, ttt_phase
 from pgolf.prepare import prepare_data, summary_lines
 from pgolf.quantize import quantize_run
@@ -234,8 +235,25 @@ def cmd_size(args) -> int:
     return 0
 
 
+def _submitter(args) -> dict:
+    """author / github_id / name: the --submitter file, then the flags."""
+    who: dict = {}
+    if args.submitter:
+        try:
+            who = json.loads(Path(args.submitter).read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{args.submitter}: not a readable JSON file ({e})") from None
+        if not isinstance(who, dict) or set(who) - {"author", "github_id", "name"}:
+            raise ConfigError(f"{args.submitter}: expected an object with author, github_id and name only")
+    flags = {"author": args.author, "github_id": args.github_id, "name": args.name}
+    return {**who, **{k: v for k, v in flags.items() if v is not None}}
+
+
 def cmd_pack(args) -> int:
-    sizes = record.pack_record(args.run_dir, args.out)
+    if len(args.run_dirs) > 1:
+        sizes = record.pack_seeds(args.run_dirs, args.out, _submitter(args))
+    else:
+        sizes = record.pack_record(args.run_dirs[0], args.out, _submitter(args))
     print(pack.format_breakdown(sizes))
     print(f"record folder: {args.out} ({pack.RECORD_CODE_NAME} {sizes['code_bytes']:,} bytes, "
           f"total {sizes['artifact_bytes']:,} of {sizes['size_cap_bytes']:,})")

@@ -136,8 +136,9 @@ def load_inputs(paths: list[str | Path]) -> tuple[list[RunView], list[Submission
 
 def _load_submission(path: Path) -> Submission:
     readme = path / "README.md"
-    view = load_view(path, "record") if (path / "report.json").exists() or (path / "config.json").exists() else None
-    extra = [load_view(d, "run") for d in sorted(path.iterdir()) if d.is_dir() and (d / "report.json").exists()]
+    # A single-seed record carries its run's report at the top; a multi-seed one has a folder per seed.
+    view = load_view(path, "record") if (path / "report.json").exists() else None
+    extra = [load_view(d, "record") for d in sorted(path.iterdir()) if d.is_dir() and (d / "report.json").exists()]
     for v in extra:
         if v.code_file is None and (path / "train_gpt.py").exists():
             v.code_file = path / "train_gpt.py"  # one train_gpt.py serves every seed of the submission

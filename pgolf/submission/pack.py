@@ -44,6 +44,7 @@ import zstandard
 from pgolf.config import RunConfig, flatten, nest
 from pgolf.quant.artifact import read_header
 from pgolf.rundir import RunDir
+from pgolf.submission.significance import SEED_FIELDS
 
 RECORD_CODE_NAME = "train_gpt.py"
 LOG_SUFFIXES = (".jsonl", ".log", ".txt", ".png")
@@ -206,9 +207,13 @@ def minify(source: str, filename: str = "<pgolf>") -> str:
 
 def config_delta(config_json: str) -> dict:
     """The fields of a config that differ from RunConfig's defaults, nested: what the packed file embeds
-    (about half the bytes of the whole config); `RunConfig.from_dict` fills in the rest."""
+    (about half the bytes of the whole config); `RunConfig.from_dict` fills in the rest.
+
+    The seed fields are left out, as the challenge's records leave SEED to the command line: every seed
+    of one configuration gets the same file (and the same counted bytes); `--seed N` picks the seed."""
     defaults = flatten(json.loads(RunConfig().to_json()))
-    return nest({k: v for k, v in flatten(json.loads(config_json)).items() if defaults.get(k, ...) != v})
+    return nest({k: v for k, v in flatten(json.loads(config_json)).items()
+                 if defaults.get(k, ...) != v and k not in SEED_FIELDS})
 
 
 def _payload_parts(config_json: str | None) -> tuple[list[tuple[str, int, str]], str, int]:
