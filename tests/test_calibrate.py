@@ -51,6 +51,32 @@ def test_gpt_hessians_cover_every_matmul_and_are_psd(tiny_cfg):
     assert not model.looping and model.training  # state restored
 
 
+def test_calibration_runs_the_policy_cast_model_without_autocast(tiny_cfg, monkeypatch):
+    """As the seed: the model cast by the record's policy (bf16 embedding) calibrates without autocast, so
+    every matmul input is bf16 (a bf16 residual stream); an autocast would hand the norms fp32 inputs.
+    Run under an outer fp32 no-autocast policy too: the CPU model stays fp32."""
+    from pgolf import emulation
+
+    seen = defaultdict(set)
+    observe = HessianAccumulator.observe
+
+    def spy(self, name, x):
+        seen[name].add(x.dtype)
+        return observe(self, name, x)
+
+    monkeypatch.setattr(HessianAccumulator, "observe", spy)
+    policy = emulation.emulated_cuda_policy()
+    with policy.activate():
+        model = policy.cast_model(GPT(tiny_cfg.model))
+        hessians, _ = collect_hessians(model, random_batches(tiny_cfg.model.vocab_size, 1))
+    assert set(seen) == {n for n in expected_names(tiny_cfg.model.num_layers) if ".c_k." not in n and ".c_v." not in n}
+    assert all(d == {torch.bfloat16} for d in seen.values()), dict(seen)
+    assert all(H.dtype == torch.float32 and torch.isfinite(H).all() for H in hessians.values())
+    seen.clear()
+    collect_hessians(GPT(tiny_cfg.model), random_batches(tiny_cfg.model.vocab_size, 1))
+    assert all(d == {torch.float32} for d in seen.values())
+
+
 def test_gpt_looped_layers_accumulate_every_application(tiny_cfg):
     """Parity with an independent recording of every observed input; counts follow the looped schedule."""
     m = tiny_cfg.model

@@ -229,6 +229,32 @@ def test_packed_eval_equals_per_document_loop_on_tiny_gpt():
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("emulate", [False, True])
+def test_scored_models_take_their_policys_dtypes(emulate):
+    """A dequantized model is scored in its policy's dtypes: under the record's policy the embedding is the
+    bf16 rounding of the loaded fp32 weights (the seed loads into its bf16 parameter), the rest fp32 and
+    RoPE on bf16-rounded frequencies; under the CPU policy nothing changes."""
+    from pgolf import device, emulation
+    from pgolf.evaluate import ready_for_scoring
+
+    cfg = load_preset("tiny")
+    model = GPT(cfg.model)
+    emb = model.tok_emb.weight.detach().clone()
+    policy = emulation.emulated_cuda_policy() if emulate else device.cpu_policy()
+    with policy.activate():
+        scored = ready_for_scoring(model)
+        val = make_val([40, 30])
+        val.tokens = val.tokens % cfg.model.vocab_size
+        val.tokens[val.tokens == 1] = 2
+        for start, _ in val.docs:
+            val.tokens[start] = 1
+        meter = eval_packed(scored, val, EvalConfig(eval_seq_len=128, val_batch_tokens=1024))
+    assert scored.looping and not scored.training and math.isfinite(meter.bpb())
+    want = emb.bfloat16() if emulate else emb
+    assert torch.equal(scored.tok_emb.weight, want) and scored.qo_bank.dtype == torch.float32
+    assert scored.rope_freq_dtype == (torch.bfloat16 if emulate else torch.float32)
+
+
 def test_packed_eval_on_prepared_data_counts_every_target_and_byte(tiny_data):
     cfg = load_preset("tiny")
     val = load_val(tiny_data, val_docs_limit=6)

@@ -329,6 +329,42 @@ def test_adapter_delta_on_a_late_slot_leaves_earlier_slots_alone(model):
 
 
 # --------------------------------------------------------------------------- math pieces and init
+def test_rope_frequencies_round_through_the_policys_dtype():
+    """The record's .bfloat16() rounds its rotary inv_freq; positions and angles stay fp32."""
+    base, dims, seq = 10000.0, 8, 300
+    inv = 1.0 / base ** (torch.arange(0, dims, 2, dtype=torch.float32) / dims)
+    angles = torch.outer(torch.arange(seq, dtype=torch.float32), inv.bfloat16().float())
+    cos, sin = rope_cos_sin(seq, dims, base, "cpu", torch.bfloat16)
+    assert cos.dtype == torch.float32
+    assert torch.equal(cos[0, :, 0], angles.cos()) and torch.equal(sin[0, :, 0], angles.sin())
+    assert not torch.equal(rope_cos_sin(seq, dims, base, "cpu")[0], cos)
+    model = GPT(load_preset("tiny").model)
+    assert model.rope_freq_dtype == torch.float32
+    torch.nn.init.normal_(model.qo_bank.data, std=0.1)  # out-projections start at zero: attention would be silent
+    x = torch.randint(2, 512, (1, 64))
+    fp32 = model(x)
+    model.rope_freq_dtype = torch.bfloat16
+    assert not torch.equal(model(x), fp32)
+
+
+def test_bf16_embedding_runs_without_autocast_in_bf16():
+    """The record's dtype rule without autocast (its calibration): the smear gate and every norm keep
+    the bf16 residual; CPU fp32 is untouched by the casts."""
+    cfg = load_preset("tiny")
+    model = GPT(cfg.model)
+    with torch.no_grad():
+        model.smear_gate.weight.normal_()
+        model.smear_lambda.fill_(0.5)
+    x = torch.randint(2, 512, (2, 16))
+    fp32 = model(x)
+    model.tok_emb.weight.data = model.tok_emb.weight.data.bfloat16()
+    seen = []
+    with model.observe(lambda name, t: seen.append(t.dtype)):
+        logits = model(x)
+    assert set(seen) == {torch.bfloat16} and logits.dtype == torch.float32
+    assert (logits - fp32).abs().max() < 0.1
+
+
 def test_partial_rope_golden_and_relative():
     rope_dims, base = 4, 10000.0
     cos, sin = rope_cos_sin(3, rope_dims, base, "cpu", torch.float32)

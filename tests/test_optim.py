@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -211,6 +212,29 @@ def test_comm_at_world_size_one_is_local():
     before = t.clone()
     comm.all_reduce_avg(t).wait()
     assert torch.equal(t, before)
+
+
+@pytest.mark.parametrize("emulate", [False, True])
+def test_optimizer_numerics_follow_the_device_policy(emulate):
+    """The record's policy (emulated here) gives the record's optimizer numerics (bf16 Muon, fused AdamW,
+    Polar Express compiled unless compile=off); the CPU policy the fp32 foreach reference, eager even
+    with compile=on."""
+    from pgolf import device, emulation
+
+    policy = emulation.emulated_cuda_policy() if emulate else device.cpu_policy()
+    model, train = small_gpt()
+    with policy.activate():
+        policy.cast_model(model)
+        opts = build_optimizers(model, dataclasses.replace(train, compile="on"))
+        off = build_optimizers(model, dataclasses.replace(train, compile="off"))
+        model(torch.randint(2, 512, (1, 16)), torch.randint(2, 512, (1, 16))).float().backward()
+        off.step()
+    want = torch.bfloat16 if emulate else torch.float32
+    assert off.muon.state[model.qo_bank]["momentum_buffer"].dtype == want
+    assert opts.adam_embed.param_groups[0]["fused"] is (True if emulate else None)
+    assert (opts.muon.orthogonalize is not zeropower_polar_express) is emulate
+    assert off.muon.orthogonalize is zeropower_polar_express
+    assert off.adam_embed.state[model.tok_emb.weight]["exp_avg"].dtype == (torch.bfloat16 if emulate else torch.float32)
 
 
 @pytest.mark.gpu

@@ -80,6 +80,45 @@ def test_compile_warmup_covers_the_seeds_shapes():
     assert warmup_shapes(load_preset("baseline")) == [(1024, False)]
 
 
+@pytest.mark.parametrize("carry", [False, True])
+def test_compile_warmup_restores_weights_and_carries_muon_momentum_only_when_asked(tiny_data, carry):
+    """The seed's restore after its warmup steps misses the sharded Muon's momentum (world size > 1) and
+    resets the unsharded one (world size 1): `carry_muon_momentum` says which. Eager forward: the
+    restore is what is tested, not the graphs."""
+    from pgolf.data import train_files
+    from pgolf.loader import DocumentPackingLoader
+    from pgolf.model import GPT
+    from pgolf.optim import build_optimizers
+    from pgolf.runlog import RunLog
+    from pgolf.train import _compile_warmup
+
+    cfg = load_preset("tiny", {"train.warmup_steps": 2, "train.grad_accum_steps": 1})
+    model = GPT(cfg.model)
+    opt = build_optimizers(model, cfg.train)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+    step = opt.muon.step
+
+    def recording_step(*a, **kw):  # the momentum each warmup step uses: the seed's schedule from step 0
+        seen.append(opt.muon.param_groups[0]["momentum"])
+        return step(*a, **kw)
+
+    opt.muon.step = recording_step
+    loader = DocumentPackingLoader(train_files(tiny_data), 0, 1, cfg.train.train_batch_tokens, torch.device("cpu"))
+    _compile_warmup(cfg, model, model, opt, list(model.parameters()), loader, 1, torch.device("cpu"),
+                    RunLog(None), carry_muon_momentum=carry)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    tc = cfg.train
+    start, end = tc.muon_momentum_warmup_start, tc.muon_momentum
+    assert seen == pytest.approx([start, start + (end - start) / tc.muon_momentum_warmup_steps] * 2)
+    assert opt.lr_scale == 1.0 and not opt.adam_embed.state
+    bufs = [st.get("momentum_buffer") for st in opt.muon.state.values()]
+    if carry:
+        assert len(bufs) == 4 and all(b is not None and b.abs().sum() > 0 for b in bufs)
+    else:
+        assert not any(b is not None for b in bufs)
+
+
 def test_ema_is_an_fp32_exponential_average():
     lin = torch.nn.Linear(3, 2)
     w0 = lin.weight.detach().clone()
