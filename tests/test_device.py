@@ -47,7 +47,7 @@ def test_cpu_policy_is_todays_cpu_behaviour():
         torch.device("cpu"), False, torch.float32, torch.float32, None, False)
     assert (p.attention, p.check_fa3_contract, p.fused_kernels, p.should_compile("auto")) == (
         "sdpa", False, False, False)
-    # What train._compile and the TTT warmup pass today.
+    # The training forward (train._Run compiles through policy.compile) and the TTT LoRA forward.
     assert p.compile_kwargs() == {"fullgraph": False, "dynamic": False}
     assert p.compile_kwargs(ttt=True) == {"fullgraph": False, "dynamic": True}
     model = GPT(load_preset("tiny").model)
