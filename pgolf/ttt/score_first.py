@@ -19,9 +19,10 @@ model frozen). A document of `pred_len` targets is cut into chunks of C targets
 
 Scoring and training share one forward; the score is detached and committed to
 the meters (and to the C3 trace) before `backward()` runs, so no update can
-influence it. A document's last chunk is never trained on. After the first P
-documents of the queue are scored, phased global SGD (`global_sgd.py`) adapts
-the base model on exactly those documents. The peer ensemble (`ttt.peer_mode`,
+influence it. A document's last chunk is never trained on. Once P documents
+are scored (the pause rule and the document set are the record's, see
+`global_sgd.py`), phased global SGD adapts the base model on P of the scored
+documents. The peer ensemble (`ttt.peer_mode`,
 an `Ensemble` from `peer_modes.make_ensemble`) changes which probability is
 committed; this loop does not know which mode runs.
 
