@@ -173,7 +173,8 @@ def step_time(cfg, policy, label: str, steps: int, warmup: int, tmp: Path, backe
     timed = times[warmup:]
     return {"phase": "step_time", "policy": label, "seq_len": seq_len, "looping": model.looping,
             "step_tokens": tc.train_batch_tokens, "steps": steps, "seconds_per_step": round(sum(timed) / len(timed), 4),
-            "min_seconds": round(min(timed), 4), "tokens_per_s": round(tc.train_batch_tokens * len(timed) / sum(timed), 1),
+            "min_seconds": round(min(timed), 4),
+            "tokens_per_s": round(tc.train_batch_tokens * len(timed) / sum(timed), 1),
             "threads": torch.get_num_threads()}
 
 

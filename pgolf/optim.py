@@ -382,8 +382,8 @@ class Optimizers:
         self.muon = Muon([p for _, p in groups["muon"]], lr=cfg.matrix_lr, momentum=cfg.muon_momentum,
                          weight_decay=cfg.muon_wd, backend_steps=cfg.muon_backend_steps,
                          row_normalize=cfg.muon_row_normalize,
-                         orthogonalize=policy.compile(zeropower_polar_express) if policy.compile_auto and cfg.compile != "off"
-                         else zeropower_polar_express)
+                         orthogonalize=policy.compile(zeropower_polar_express)
+                         if policy.compile_auto and cfg.compile != "off" else zeropower_polar_express)
         self.adam_embed = self._adam(groups["adam_embed"], "adam_embed", fused)
         self.adam_scalar = self._adam(groups["adam_scalar"], "adam_scalar", fused)
         self.optimizers: dict[str, torch.optim.Optimizer] = {
