@@ -60,13 +60,6 @@ def get_dist() -> Dist:
     return _STATE if _STATE is not None else init_distributed()
 
 
-def autocast(device: torch.device):
-    """`device`'s policy autocast (`pgolf.device`); for callers that do not hold the policy themselves."""
-    from pgolf.device import policy_for
-
-    return policy_for(device).autocast()
-
-
 def sync(device: torch.device) -> None:
     """Wait for `device`'s queued work before reading a clock (device plumbing: CPU work is synchronous)."""
     if device.type == "cuda":
