@@ -680,6 +680,21 @@ IN_PROCESS = {"environment": section_environment, "data": section_data, "train":
 
 
 # =============================================================================== the parent
+def run_logged(cmd: list[str], log_path: Path, env: dict, budget_s: float) -> tuple[int | None, float]:
+    """Run `cmd` in its own process group with its output in `log_path`; (exit code or None when killed at
+    `budget_s`, seconds)."""
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=budget_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)  # the whole group: a section's own children must not outlive its budget
+            rc = None
+    return rc, time.perf_counter() - t0
+
+
 def run_child(section: str, args, budget_s: float, logs: Path) -> dict:
     """One section in its own process group, killed at `budget_s`; its progress file survives a kill."""
     logs.mkdir(parents=True, exist_ok=True)
@@ -692,16 +707,7 @@ def run_child(section: str, args, budget_s: float, logs: Path) -> dict:
     env = _child_env()
     if args.on_cpu:  # every library call in the child then picks the CPU, also on a GPU machine
         env["CUDA_VISIBLE_DEVICES"] = ""
-    t0 = time.perf_counter()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
-                                start_new_session=True)
-        try:
-            rc = proc.wait(timeout=budget_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            rc = None
-    seconds = time.perf_counter() - t0
+    rc, seconds = run_logged(cmd, log_path, env, budget_s)
     partial = _read_json(prog_path) or {}
     if section == "train" and (rc is None or rc != 0):
         from_log = train_log_figures(train_run_dir(args) / "train.jsonl")
@@ -760,16 +766,7 @@ def run_pytest(args, budget_s: float, logs: Path) -> dict:
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / "pytest_gpu.log"
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfEs", "-p", "no:cacheprovider", "tests"]
-    t0 = time.perf_counter()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO), env=_child_env(),
-                                start_new_session=True)
-        try:
-            rc = proc.wait(timeout=budget_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            rc = None
-    seconds = time.perf_counter() - t0
+    rc, seconds = run_logged(cmd, log_path, _child_env(), budget_s)
     text = log_path.read_text(errors="replace")
     figures = parse_pytest(text)
     if rc is None:

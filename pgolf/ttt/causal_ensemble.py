@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from pgolf.config import TTTConfig
-from pgolf.ttt.ensemble import ScoreSink, blend_nll, peer_generator
+from pgolf.ttt.ensemble import PeerEnsemble, ScoreSink, blend_nll, peer_generator
 from pgolf.ttt.lora import BatchedLoRA, FrozenLoRA
 from pgolf.ttt.windows import TTTBatch, Windows, build_windows, chunk_span, num_chunks
 
@@ -69,16 +69,14 @@ class PeerPool:
         return FrozenLoRA.concat(self._parts) if self._parts else None
 
 
-class CausalEnsemble:
+class CausalEnsemble(PeerEnsemble):
     """The `Ensemble` of peer_mode `causal`."""
 
     compliant = True
     covers_every_target = True
 
     def __init__(self, ttt: TTTConfig, sink: ScoreSink):
-        self.ttt, self.sink = ttt, sink
-        self.k = ttt.peer_k
-        self.peers_on = self.k > 1
+        super().__init__(ttt, sink)
         self.pool = PeerPool(self.k)
         # Mean peer probability of each target of the current batch [bsz, max_pred]; None: an own-only batch.
         self.peer_prob: torch.Tensor | None = None

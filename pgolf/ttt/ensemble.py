@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Protocol, Sequence
 import torch
 
 if TYPE_CHECKING:
+    from pgolf.config import TTTConfig
     from pgolf.ttt.lora import BatchedLoRA, FrozenLoRA
     from pgolf.ttt.windows import DocSpan, TTTBatch, Windows
 
@@ -92,6 +93,15 @@ class Ensemble(Protocol):
 
 
 # --------------------------------------------------------------------------- the blend
+
+
+class PeerEnsemble:
+    """What every mode with peers starts from: its settings, its sink and whether peers run at all (K > 1)."""
+
+    def __init__(self, ttt: TTTConfig, sink: ScoreSink):
+        self.ttt, self.sink = ttt, sink
+        self.k = ttt.peer_k
+        self.peers_on = self.k > 1
 
 
 def peer_generator(peer_seed: int, batch_idx: int) -> torch.Generator:

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from pgolf.config import TTTConfig
-from pgolf.ttt.ensemble import ScoreSink, blend_nll, peer_generator
+from pgolf.ttt.ensemble import PeerEnsemble, ScoreSink, blend_nll, peer_generator
 from pgolf.ttt.lora import BatchedLoRA
 from pgolf.ttt.windows import TTTBatch, Windows, build_windows
 
@@ -37,16 +37,14 @@ def pr2139_block_spans(pred_len: int, window_tokens: int) -> list[tuple[int, int
     return [(c, c, min(c + window_tokens, pred_len)) for c in range(0, pred_len, window_tokens)]
 
 
-class PR2139Ensemble:
+class PR2139Ensemble(PeerEnsemble):
     """The `Ensemble` of peer_mode `pr2139`: own scores are stashed per batch and blended after a second pass."""
 
     compliant = False
     covers_every_target = False
 
     def __init__(self, ttt: TTTConfig, sink: ScoreSink):
-        self.ttt, self.sink = ttt, sink
-        self.k = ttt.peer_k
-        self.peers_on = self.k > 1
+        super().__init__(ttt, sink)
         # Own NLL and own entropy of each target of the current batch [bsz, max_pred]; None: not ensembled.
         self.own_stash: torch.Tensor | None = None
         self.entropy_stash: torch.Tensor | None = None
