@@ -16,12 +16,12 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
 
 from pgolf.app.plots import plot_training
 from pgolf.app.summary import summary_table
 from pgolf.app.verbs import resolve_config
 from pgolf.check import check_data
+from pgolf.device import default_device
 from pgolf.corpus import embedded_corpus_sha256
 from pgolf.distributed import barrier, cleanup, init_distributed, is_main, print0
 from pgolf.errors import ConfigError, DataError
@@ -34,7 +34,7 @@ from pgolf.tokenizer import file_sha256
 
 def default_preset() -> str:
     """`seed` on GPUs (the record's configuration), `cpu` otherwise."""
-    return "seed" if torch.cuda.is_available() else "cpu"
+    return "seed" if default_device().type == "cuda" else "cpu"
 
 
 def _prepare_data(args, run: RunDir, vocab_size: int) -> Path:
