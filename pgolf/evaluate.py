@@ -42,7 +42,7 @@ from pgolf.loader import build_cu_seqlens
 from pgolf.quant.artifact import read_artifact
 from pgolf.quant.mixed import dequantize_state_dict
 from pgolf.rundir import RunDir
-from pgolf.ttt.peer_modes import PEER_MODES
+from pgolf.ttt.peer_modes import ensemble_class
 from pgolf.ttt.score_first import run_ttt
 
 # A callback told about every scored span: (first target index, per-target NLL in nats [n] fp32).
@@ -231,7 +231,7 @@ def ttt_phase(model, val, cfg: RunConfig, log, prequant: bool = False, *, dump: 
     labelled in the log and in the figures, and never becomes the score.
     """
     t = cfg.ttt
-    if not PEER_MODES[t.peer_mode].compliant:
+    if not ensemble_class(t.peer_mode).compliant:
         log.info(f"peer_ens: mode '{t.peer_mode}' reproduces #2139 as submitted and is NON-COMPLIANT "
                  "(C1: documents of a batch depend on each other; C4: tokens are scored twice)")
     log.info(f"ttt_phased: total_docs:{len(val.docs)} prefix_docs:{t.phased_prefix_docs} "

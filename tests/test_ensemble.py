@@ -158,10 +158,11 @@ def test_pr2139_mode_is_flagged_and_excludes_small_batches(tiny_cfg, val):
 def test_every_configured_mode_has_an_ensemble_class():
     from pgolf.config import TTTConfig
     from pgolf.errors import ConfigError
-    from pgolf.ttt.peer_modes import PEER_MODES, make_ensemble
+    from pgolf.ttt.peer_modes import PEER_MODES, ensemble_class, make_ensemble
 
     assert set(PEER_MODES) == {"off", "causal", "pr2139"}
-    for mode, cls in PEER_MODES.items():
+    for mode in PEER_MODES:
+        cls = ensemble_class(mode)
         ens = make_ensemble(TTTConfig(peer_mode=mode, peer_k=3), sink=None)
         assert type(ens) is cls and ens.compliant == (mode != "pr2139")
         assert ens.peers_on == (mode != "off") and ens.covers_every_target == (mode != "pr2139")

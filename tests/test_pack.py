@@ -211,10 +211,23 @@ def test_bundle_is_the_entrys_import_closure():
     assert not [m for m in bundled if m.startswith("pgolf.submission")]
 
 
+@pytest.mark.parametrize("mode", ["off", "causal", "pr2139"])
+def test_a_packed_file_carries_its_own_peer_mode_only(mode):
+    """The TTT peer modes are imported by name, so the bundle holds the configured one and no other."""
+    from pgolf.config import RunConfig, TTTConfig
+    from pgolf.ttt.peer_modes import PEER_MODES
+
+    bundled = pack.bundled_modules(config_json=RunConfig(ttt=TTTConfig(peer_mode=mode)).to_json())
+    modules = {m: ref.split(":")[0] for m, ref in PEER_MODES.items()}
+    assert modules[mode] in bundled
+    assert not {modules[m] for m in modules if m != mode} & set(bundled)
+    assert "pgolf.ttt.ensemble" in bundled  # the mode's own imports come along
+
+
 def test_packed_size_table_adds_up(tiny_json, packed):
     rows = pack.packed_size_rows(tiny_json)
     assert sum(r[3] for r in rows) == os.path.getsize(packed)
-    assert [r[0] for r in rows[1:-1]] == pack.bundled_modules()
+    assert [r[0] for r in rows[1:-1]] == pack.bundled_modules(config_json=tiny_json)
     raw, _ = pack.packed_code_bytes(tiny_json)
     assert sum(r[1] for r in rows) == raw
     table = pack.packed_size_table(rows=rows)
@@ -233,7 +246,7 @@ def test_bare_python_cannot_import_pgolf(bare_python, tmp_path):
     assert r.returncode != 0 and "No module named 'pgolf'" in r.stderr
 
 
-def test_packed_file_is_self_contained(bare_python, packed):
+def test_packed_file_is_self_contained(bare_python, packed, tiny_json):
     """Every bundled module imports from the bundle alone; what it leaves out is not importable."""
     probe = (
         "import runpy, importlib, sys\n"
@@ -247,7 +260,7 @@ def test_packed_file_is_self_contained(bare_python, packed):
     r = _run(bare_python, ["-c", probe], packed.parent)
     assert r.returncode == 0, r.stderr[-2000:]
     first, second = r.stdout.split("\n")[:2]
-    assert first.split(",") == pack.bundled_modules()
+    assert first.split(",") == pack.bundled_modules(config_json=tiny_json)
     assert second == "absent pgolf.app.plots"
 
 

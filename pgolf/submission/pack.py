@@ -45,6 +45,7 @@ from pgolf.config import RunConfig, flatten, nest
 from pgolf.quant.artifact import read_header
 from pgolf.rundir import RunDir
 from pgolf.submission.significance import SEED_FIELDS
+from pgolf.ttt.peer_modes import PEER_MODES
 
 RECORD_CODE_NAME = "train_gpt.py"
 LOG_SUFFIXES = (".jsonl", ".log", ".txt", ".png")
@@ -174,10 +175,18 @@ def imported_modules(source: str, modules: dict[str, str]) -> set[str]:
     return found
 
 
-def bundled_modules(modules: dict[str, str] | None = None) -> list[str]:
-    """The entry's import closure plus every package on the way to each module, sorted."""
+def config_modules(config_json: str | None = None) -> list[str]:
+    """The modules that a run of this config (default: `RunConfig()`) imports by name rather than statically:
+    its TTT peer mode's. Other configs' choices stay out of its file."""
+    cfg = RunConfig.from_dict(json.loads(config_json)) if config_json is not None else RunConfig()
+    return [PEER_MODES[cfg.ttt.peer_mode].split(":")[0]]
+
+
+def bundled_modules(modules: dict[str, str] | None = None, config_json: str | None = None) -> list[str]:
+    """The import closure of the entry and of the config's `config_modules`, plus every package on the way to
+    each module, sorted."""
     modules = modules if modules is not None else package_sources()
-    todo, seen = [ENTRY], set()
+    todo, seen = [ENTRY, *config_modules(config_json)], set()
     while todo:
         name = todo.pop()
         if name in seen:
@@ -219,7 +228,7 @@ def config_delta(config_json: str) -> dict:
 def _payload_parts(config_json: str | None) -> tuple[list[tuple[str, int, str]], str, int]:
     """([(module, raw bytes, minified source)], bootstrap source with the bundle inside, raw code bytes)."""
     sources = package_sources()
-    names = bundled_modules(sources)
+    names = bundled_modules(sources, config_json)
     raw_bytes = sum(len(sources[n].encode()) for n in names)
     parts = [(n, len(sources[n].encode()), minify(_without_help(sources[n]) if n == ENTRY else sources[n], n))
              for n in names]
@@ -378,6 +387,6 @@ def packed_size_table(config_json: str | None = None, rows: list | None = None) 
     lines = [head, "-" * len(head)]
     lines += [f"{n:<{width}}  {raw:>9,d}  {mini:>9,d}  {packed:>9,d}" for n, raw, mini, packed in body + [total]]
     modules = package_sources()
-    out = sorted(set(modules) - set(bundled_modules(modules)))
+    out = sorted(set(modules) - set(bundled_modules(modules, config_json)))
     lines.append("left out: " + ", ".join(f"{n} ({len(modules[n].encode()):,})" for n in out))
     return "\n".join(lines)
