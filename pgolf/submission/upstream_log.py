@@ -60,7 +60,6 @@ _LINES: list[tuple[str, re.Pattern]] = [
     ("model", re.compile(r"^Serialized model (?:quantized|int)[^:]*: (\d+) bytes")),
     ("total", re.compile(r"^Total submission size[^:]*: (\d+) bytes")),
     ("ttt_docs", re.compile(r"^ttt_phased: total_docs:(\d+)")),
-    ("peer_k", re.compile(r"^ttt_phased: .*\bpeer_k:(\d+)")),
 ]
 _RULER = re.compile(r"^={20,}\s*$")
 _PGOLF_FINAL = re.compile(r"^  (\w+): (.*)$")
@@ -139,9 +138,11 @@ class SeedLog:
     @property
     def nats_per_bpb(self) -> float | None:
         """ln 2 x bytes per token of the val set: val_loss / val_bpb of any stage the log printed."""
-        for stage, bpb in self.bpb.items():
-            if stage in self.loss and bpb > 0 and self.loss[stage] > 0:
-                return self.loss[stage] / bpb
+        head = self.score
+        order = ([head[0]] if head else []) + [s for s in reversed(STAGES) if s in self.bpb]  # 8-decimal lines first
+        for stage in order:
+            if stage in self.loss and self.bpb[stage] > 0 and self.loss[stage] > 0:
+                return self.loss[stage] / self.bpb[stage]
         return None
 
     @property
@@ -209,15 +210,15 @@ def _result_line(log: SeedLog, t: str) -> None:
         g = m.groups()
         if kind == "step":
             log.steps, log.iterations = int(g[0]), int(g[1])
-            if not log.stopped and g[3] is not None:  # the stopping line is in milliseconds, so it wins over the step lines' minutes
-                log.train_seconds = float(g[2]) * {"m": 60.0, "s": 1.0, "ms": 1e-3}[g[3]]
+            if not log.stopped and g[4] is not None:  # a stopping line (milliseconds) wins over these minutes
+                log.train_seconds = float(g[3]) * {"m": 60.0, "s": 1.0, "ms": 1e-3}[g[4]]
         elif kind == "val":
             log.steps, log.iterations = int(g[0]), int(g[1])
             _set_stage(log, "pre_ema", g[2], g[3])
         elif kind == "stop":
             log.train_seconds, log.steps, log.iterations = int(g[0]) / 1000.0, int(g[1]), int(g[2])
             log.stopped = True
-        elif kind in ("train_shards", "val_tokens", "model_params", "code_raw", "model", "peer_k"):
+        elif kind in ("train_shards", "val_tokens", "model_params", "code_raw", "model"):
             attr = {"code_raw": "code_raw_bytes", "model": "model_bytes"}.get(kind, kind)
             setattr(log, attr, int(g[0]))
         elif kind == "code":
@@ -226,6 +227,8 @@ def _result_line(log: SeedLog, t: str) -> None:
             log.artifact_bytes = int(g[0])
         elif kind == "ttt_docs":
             log.val_docs = int(g[0])
+            k = re.search(r"\bpeer_k:(\d+)", t)
+            log.peer_k = int(k.group(1)) if k else log.peer_k
         elif kind in ("prequant", "quantized", "ttt"):
             _set_stage(log, kind, g[0], g[1])
         elif kind == "ttt_final":
