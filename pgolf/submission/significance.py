@@ -38,10 +38,12 @@ from pathlib import Path
 from typing import Sequence
 
 from pgolf.errors import ConfigError, DataError
+from pgolf.rundir import Report
 from pgolf.submission.upstream_log import read_log, record_logs
 
 RESULT_KEYS = ("val_bpb_ttt_ensemble", "val_bpb_ttt", "val_bpb_roundtrip")
-"""The figure a report contributes: the first of these it has (the scored number first)."""
+"""The figures a report may contribute; the one it does is its headline (`Report.headline`: the last stage
+reached, never a non-compliant ensemble)."""
 
 SEED_FIELDS = ("train.seed", "ttt.peer_seed")
 """Config fields that are meant to differ between seeds; left out of the config hash."""
@@ -211,7 +213,9 @@ def read_seed_result(item: str) -> SeedResult:
         rep = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise DataError(f"{path}: not a readable JSON report ({e})") from None
-    key = next((k for k in RESULT_KEYS if isinstance(rep.get(k), (int, float))), None)
+    # The run's own score (a non-compliant ensemble never is), as pack and the audit take it.
+    head = Report.from_dict(rep).headline() if isinstance(rep, dict) else None
+    key = head[0] if head is not None and head[0] in RESULT_KEYS else None
     if key is None:
         raise DataError(f"{path}: no {' / '.join(RESULT_KEYS)} in the report (run `pgolf eval` first)")
     config = rep.get("config")
