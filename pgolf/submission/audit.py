@@ -43,6 +43,7 @@ from pgolf.submission.audit_inputs import (FAIL, PASS, WARN, Check, RunView, Sub
 from pgolf.submission.record import final_result as headline
 from pgolf.submission.significance import SEED_FIELDS
 from pgolf.submission.tracks import Track, guess_track, track_of_record
+from pgolf.submission.upstream_log import read_log
 
 CHALLENGE_CAP_BYTES = 16_000_000
 CHALLENGE_TRAIN_S = 600.0
@@ -471,6 +472,7 @@ def check_submission(sub: Submission, runs: list[RunView]) -> list[Check]:
 
     present = [by_seed[s] for s in seeds if isinstance(s, int) and s in by_seed]
     checks.append(_numbers_check(sub, present))
+    checks.append(_seed_logs_check(sub, present))
     checks += check_group(views, who)
     return checks
 
@@ -512,6 +514,30 @@ def _numbers_check(sub: Submission, views: list[RunView]) -> Check:
     if wrong:
         return Check(FAIL, "consistency.numbers", who, "; ".join(wrong))
     return Check(PASS, "consistency.numbers", who, "submission = reports: " + ", ".join(shown))
+
+
+def _seed_logs_check(sub: Submission, views: list[RunView]) -> Check:
+    """Each seed's text log (train_seed<N>.log) is there and scores what its report does."""
+    who = str(sub.path)
+    missing, wrong, shown = [], [], []
+    for v in views:
+        path = sub.path / f"train_seed{v.seed}.log"
+        if not path.exists():
+            missing.append(path.name)
+            continue
+        log = read_log(path)
+        head = headline(v.report)
+        score = log.score
+        if head is None or score is None or abs(score[1] - head[1]) > BPB_TOL:
+            wrong.append(f"{path.name} scores {score} but the report {head}")
+        else:
+            shown.append(path.name)
+    if wrong:
+        return Check(FAIL, "consistency.seed_logs", who, "; ".join(wrong))
+    if missing:
+        return Check(WARN, "consistency.seed_logs", who, f"no text log {', '.join(missing)} (packed by an older "
+                     "pgolf?)")
+    return Check(PASS, "consistency.seed_logs", who, f"{', '.join(shown)}: complete, scores = reports")
 
 
 def check_group(views: list[RunView], who: str) -> list[Check]:
