@@ -45,7 +45,8 @@ def test_train_shards_without_val_shards(tiny_data, tmp_path, capsys):
     shutil.copy(tiny_data / "tokenizer.model", d / "tokenizer.model")
     assert main(["data", "check", str(d)]) == 2
     _error_line(capsys, str(d), "no fineweb_val_*.bin shards")
-    assert main(["train", "--preset", "tiny", "--data", str(d), "--out", str(tmp_path / "run"), "--max-steps", "1"]) == 2
+    assert main(["train", "--preset", "tiny", "--data", str(d), "--out", str(tmp_path / "run"),
+                 "--max-steps", "1"]) == 2
     _error_line(capsys, str(d), "no fineweb_val_*.bin shards")
     assert not (tmp_path / "run" / "final_model.pt").exists()
 
@@ -62,5 +63,6 @@ def test_tokenizer_smaller_than_the_shards_vocabulary(tiny_data, small_tokenizer
                  overwrite=False, progress=False, tokenizer=str(tiny_data / "tokenizer.model"))
     d = _challenge_layout(plain, tmp_path / "d2", "fineweb_*.bin")
     shutil.copy(small_tokenizer, d / "tokenizer.model")
-    assert main(["train", "--preset", "tiny", "--data", str(d), "--out", str(tmp_path / "run"), "--max-steps", "1"]) == 2
+    assert main(["train", "--preset", "tiny", "--data", str(d), "--out", str(tmp_path / "run"),
+                 "--max-steps", "1"]) == 2
     _error_line(capsys, str(d), "outside the tokenizer's vocabulary (400)")

@@ -286,8 +286,8 @@ def run_dir(tmp_path, tiny_json) -> Path:
 
 
 def _pack_args(runs, out, **who) -> argparse.Namespace:
-    return argparse.Namespace(run_dirs=[str(r) for r in runs], out=str(out), submitter=None, track=who.pop("track", None),
-                              baseline=who.pop("baseline", None),
+    return argparse.Namespace(run_dirs=[str(r) for r in runs], out=str(out), submitter=None,
+                              track=who.pop("track", None), baseline=who.pop("baseline", None),
                               **{k: who.get(k) for k in ("author", "github_id", "name")})
 
 

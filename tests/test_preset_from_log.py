@@ -80,7 +80,8 @@ def test_bad_logs_are_one_line_and_write_nothing(tmp_path, capsys):
     bad_value = tmp_path / "c.log"
     bad_value.write_text(upstream_log(1, hp_extra={"num_layers": "eleven"}))
     for log, needle in ((no_block, "no hyperparameter block"), (cut, "cut off inside the hyperparameter block"),
-                        (bad_value, "NUM_LAYERS='eleven': expected an integer"), (tmp_path / "none.log", "cannot read")):
+                        (bad_value, "NUM_LAYERS='eleven': expected an integer"),
+                        (tmp_path / "none.log", "cannot read")):
         assert main(["preset", "from-log", str(log), "--out", str(out)]) == 2
         o, err = capsys.readouterr()
         assert o == "" and err.count("\n") == 1 and needle in err, err
