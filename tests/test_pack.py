@@ -410,6 +410,8 @@ def test_two_seeds_make_one_record_the_audit_passes(tiny_data, tmp_path):
     assert "seed: 2" in log and "model.num_layers: 4" in log and "step:2/2 train_loss:" in log
     checks = audit_paths([out])
     assert not [c for c in checks if c.status == FAIL], [c for c in checks if c.status == FAIL]
+    assert [c.status for c in checks if c.name == "consistency.seed_logs"] == ["PASS"]
+    assert main(["audit", str(out)]) == 0
     # a run of another configuration is refused, naming the field
     other = tmp_path / "other"
     shutil.copytree(runs[1], other)
