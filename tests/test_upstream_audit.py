@@ -202,3 +202,13 @@ def test_audit_states_delta_p_value_bar_and_tests(tmp_path, capsys):
     c = significance_checks([rec], read_results(str(near)), "near")[0]
     assert c.status in (WARN, FAIL) and "FAIL" in c.detail
     assert not failed(checks)
+
+
+def test_final_line_without_peers_is_own_ttt(tmp_path):
+    """#2014-style logs (no peer ensemble) score own-only TTT; the stage follows peer_k, from the log or its dump."""
+    text = upstream_log(42, bpb=1.0574, peer_k=1)
+    p = tmp_path / "a.log"
+    p.write_text(text)
+    assert read_log(p).score == ("ttt", 1.0574)
+    p.write_text("\n".join(t for t in text.splitlines() if not t.startswith("ttt_phased:")) + "\n")
+    assert read_log(p).score == ("ttt_ensemble", 1.0574)  # the dump says ttt_peer_ensemble_k: 4

@@ -175,6 +175,13 @@ def _source_sha(lines: list[str], after: int) -> str | None:
     return hashlib.sha256("\n".join(lines[rulers[0] + 1:rulers[1]]).encode()).hexdigest()
 
 
+def _int_or(raw: str | None, default: int) -> int:
+    try:
+        return int(str(raw).strip())
+    except ValueError:
+        return default
+
+
 def _set_stage(log: SeedLog, stage: str, loss: str, bpb: str) -> None:
     log.loss[stage], log.bpb[stage] = float(loss), float(bpb)
 
@@ -235,7 +242,8 @@ def _result_line(log: SeedLog, t: str) -> None:
             _set_stage(log, kind, g[0], g[1])
         elif kind == "ttt_final":
             # With a peer ensemble on, the final line is the ensemble's figure; without, own TTT's.
-            _set_stage(log, "ttt_ensemble" if (log.peer_k or 1) > 1 else "ttt", g[0], g[1])
+            k = log.peer_k if log.peer_k is not None else _int_or(log.hyperparameters.get("ttt_peer_ensemble_k"), 1)
+            _set_stage(log, "ttt_ensemble" if k > 1 else "ttt", g[0], g[1])
             if g[2] is not None and log.eval_seconds is None:
                 log.eval_seconds = int(g[2]) / 1000.0
         elif kind == "total_eval":
