@@ -479,3 +479,15 @@ def test_pack_refuses_bad_input_and_writes_nothing(run_dir, tmp_path, capsys):
     assert main(["pack", str(run_dir), "--out", str(out), "--baseline", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert "nowhere" in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_pack_track_from_the_records_folder_and_mismatch_refused(run_dir, tmp_path, capsys):
+    from pgolf.app.cli import main
+
+    out = tmp_path / "records" / "track_non_record_16mb" / "2026-12-01_Tiny"
+    assert main(["pack", str(run_dir), "--out", str(out)]) == 0
+    assert json.loads((out / "submission.json").read_text())["track"] == "non_record_16mb"
+    other = tmp_path / "records" / "track_10min_16mb" / "2026-12-01_Tiny"
+    assert main(["pack", str(run_dir), "--out", str(other), "--track", "non_record_16mb"]) == 2
+    err = capsys.readouterr().err
+    assert "--track non_record_16mb belongs in records/track_non_record_16mb/" in err and not other.exists()

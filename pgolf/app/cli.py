@@ -173,8 +173,9 @@ def add_preset_verbs(psub) -> None:
 
 def _add_track(p: argparse.ArgumentParser) -> None:
     p.add_argument("--track", default=None, choices=sorted(TRACKS),
-                   help="the track the record is for (default: from the config: a 16 MB cap with a 600 s clock "
-                        "is 10min_16mb, no clock is non_record_unlimited, anything else non_record_16mb)")
+                   help="the track the record is for (default: the records/track_* folder --out is in, else "
+                        "the config: a 16 MB cap with a 600 s clock is 10min_16mb, no clock is non_record_unlimited, "
+                        "anything else non_record_16mb)")
 
 
 def _add_baseline(p: argparse.ArgumentParser) -> None:

@@ -31,7 +31,7 @@ from pgolf.quantize import quantize_run
 from pgolf.rundir import RunDir
 from pgolf.runlog import RunLog
 from pgolf.submission import audit, pack, record, significance, upstream_log
-from pgolf.submission.tracks import track_named
+from pgolf.submission.tracks import choose_track
 from pgolf.train import clear_results, train
 
 
@@ -262,7 +262,7 @@ def _baseline_comparison(candidate_items: list[str], baseline_items: list[str] |
 def cmd_pack(args) -> int:
     """`pgolf pack RUN... --out DIR [--track T] [--baseline PATH...]`: everything is read and checked
     (configs, sizes, the baseline) before the folder is written."""
-    track = track_named(args.track) if args.track else None
+    track = choose_track(args.track, Path(args.out))
     comparison = _baseline_comparison([str(RunDir(r).report) for r in args.run_dirs], args.baseline)
     if len(args.run_dirs) > 1:
         sizes = record.pack_seeds(args.run_dirs, args.out, _submitter(args), track, comparison)

@@ -76,8 +76,29 @@ def track_of_record(data: dict, folder: Path) -> tuple[Track, str]:
     label = data.get("track")
     if isinstance(label, str) and label.strip():
         return track_named(label), f"submission.json track {label!r}"
+    found = track_of_folder(folder)
+    if found is not None:
+        return found, f"folder {found.folder}"
+    return TRACKS["10min_16mb"], "no track given: the record track"
+
+
+def track_of_folder(folder: Path) -> Track | None:
+    """The track a `records/track_*/...` path files a record under (None outside such a folder)."""
     for part in reversed(Path(folder).resolve().parts):
         key = _ALIASES.get(part.lower().replace("-", "_"))
         if key is not None and part.lower().startswith("track"):
-            return TRACKS[key], f"folder {part}"
-    return TRACKS["10min_16mb"], "no track given: the record track"
+            return TRACKS[key]
+    return None
+
+
+def choose_track(asked: str | None, out_folder: Path) -> Track | None:
+    """pack's track: --track, else the `track_*` folder --out sits in, else None (the config decides).
+    ConfigError when --track and the folder disagree: the record would be filed under the wrong label."""
+    in_folder = track_of_folder(out_folder)
+    if asked is None:
+        return in_folder
+    track = track_named(asked)
+    if in_folder is not None and in_folder.folder != track.folder:
+        raise ConfigError(f"--track {track.name} belongs in records/{track.folder}/, but --out is under "
+                          f"records/{in_folder.folder}/")
+    return track
