@@ -212,3 +212,21 @@ def test_final_line_without_peers_is_own_ttt(tmp_path):
     assert read_log(p).score == ("ttt", 1.0574)
     p.write_text("\n".join(t for t in text.splitlines() if not t.startswith("ttt_phased:")) + "\n")
     assert read_log(p).score == ("ttt_ensemble", 1.0574)  # the dump says ttt_peer_ensemble_k: 4
+
+
+def test_an_early_baseline_style_log(tmp_path):
+    """The first records' logs: no dump, `step:` prefixes, an int8+zlib roundtrip as the final line."""
+    p = tmp_path / "train_seed1337.log"
+    p.write_text("\n".join([
+        "step:0/20000 val_loss:6.9357 val_bpb:4.1077 train_time:0ms step_avg:0.01ms",
+        "step:1/20000 train_loss:6.9370 train_time:28ms step_avg:28.47ms",
+        "step:13780/20000 val_loss:2.0606 val_bpb:1.2172 train_time:600038ms step_avg:43.54ms",
+        "stopping_early: wallclock_cap train_time:600038ms step:13780/20000",
+        "Serialized model int8+zlib: 15815847 bytes", "Code size: 47642 bytes",
+        "Total submission size int8+zlib: 15863489 bytes",
+        "final_int8_zlib_roundtrip val_loss:2.0727 val_bpb:1.2244 eval_time:1402ms",
+        "final_int8_zlib_roundtrip_exact val_loss:2.07269931 val_bpb:1.22436570"]) + "\n")
+    log = read_log(p)
+    assert log.seed == 1337 and log.score == ("quantized", 1.2243657) and log.steps == 13780
+    assert (log.train_seconds, log.eval_seconds) == (600.038, 1.402)
+    assert (log.artifact_bytes, log.model_bytes, log.code_bytes) == (15_863_489, 15_815_847, 47_642)

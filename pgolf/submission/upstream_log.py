@@ -45,13 +45,14 @@ STAGES = ("pre_ema", "prequant", "quantized", "ttt", "ttt_ensemble")
 _F = r"([\d.]+(?:e-?\d+)?)"
 _LINES: list[tuple[str, re.Pattern]] = [
     ("step", re.compile(r"^(?:step:)?(\d+)/(\d+) train_loss: ?" + _F + r"(?: train_time: ?" + _F + r"(m|ms|s)\b)?")),
-    ("val", re.compile(r"^(\d+)/(\d+) val_loss: ?" + _F + r" val_bpb: ?" + _F)),
+    ("val", re.compile(r"^(?:step:)?(\d+)/(\d+) val_loss: ?" + _F + r" val_bpb: ?" + _F)),
     ("stop", re.compile(r"^stopping_early: \w+ train_time: ?(\d+)ms step: ?(\d+)/(\d+)")),
     ("train_shards", re.compile(r"^train_shards: ?(\d+)")),
     ("val_tokens", re.compile(r"^val_tokens: ?(\d+)")),
     ("model_params", re.compile(r"^model_params: ?(\d+)")),
     ("prequant", re.compile(r"^diagnostic pre-quantization post-ema val_loss:" + _F + r" val_bpb:" + _F)),
-    ("quantized", re.compile(r"^(?:diagnostic quantized|final_\w*roundtrip\w*) val_loss:" + _F + r" val_bpb:" + _F)),
+    ("quantized", re.compile(r"^(?:diagnostic quantized|final_\w*roundtrip\w*) val_loss:" + _F + r" val_bpb:" + _F
+                             + r"(?: eval_time:(\d+)ms)?")),
     ("ttt", re.compile(r"^peer_ens:baseline val_loss:" + _F + r" val_bpb:" + _F)),
     ("ttt_final", re.compile(r"^quantized_ttt\w* val_loss:" + _F + r" val_bpb:" + _F + r"(?: eval_time:(\d+)ms)?")),
     ("total_eval", re.compile(r"^total_eval_time: ?" + _F + r"s")),
@@ -91,6 +92,8 @@ class SeedLog:
     last_line: str = ""
     num_lines: int = 0
     stopped: bool = False
+    quantized_eval_seconds: float | None = None
+    """The quantized model's eval time: the evaluation budget's figure for records without TTT."""
     headline: str | None = None
     """The stage pgolf's own log names as its score (it knows which figure is legal)."""
     """A stopping_early line was seen (its train_time is the training clock)."""
@@ -101,7 +104,8 @@ class SeedLog:
         try:
             return int(str(raw).strip())
         except ValueError:
-            return None
+            named = re.search(r"seed_?(\d+)", self.path.name)  # logs without a dump: train_seed42.log
+            return int(named.group(1)) if named else None
 
     @property
     def config(self) -> dict[str, str]:
@@ -208,6 +212,8 @@ def parse_text(text: str, path: Path) -> SeedLog:
             _pgolf_final(log, raw)
             continue
         _result_line(log, text_line)
+    if log.eval_seconds is None and not {"ttt", "ttt_ensemble"} & set(log.bpb):
+        log.eval_seconds = log.quantized_eval_seconds
     return log
 
 
@@ -240,6 +246,8 @@ def _result_line(log: SeedLog, t: str) -> None:
             log.peer_k = int(k.group(1)) if k else log.peer_k
         elif kind in ("prequant", "quantized", "ttt"):
             _set_stage(log, kind, g[0], g[1])
+            if kind == "quantized" and g[2] is not None:
+                log.quantized_eval_seconds = int(g[2]) / 1000.0
         elif kind == "ttt_final":
             # With a peer ensemble on, the final line is the ensemble's figure; without, own TTT's.
             k = log.peer_k if log.peer_k is not None else _int_or(log.hyperparameters.get("ttt_peer_ensemble_k"), 1)
