@@ -38,8 +38,8 @@ from pgolf.data import manifest_sha256
 from pgolf.errors import ArtifactError
 from pgolf.quant.artifact import FORMAT_TAG, read_artifact
 from pgolf.submission import audit_logs
-from pgolf.submission.audit_inputs import (FAIL, PASS, WARN, Check, RunView, Submission, cfg_get, is_run_record,
-                                           load_inputs)
+from pgolf.submission.audit_inputs import (FAIL, PASS, WARN, Check, RunView, Submission, cfg_get, claimed_seed_count,
+                                           is_run_record, load_inputs, readme_seed_counts)
 from pgolf.submission.record import final_result as headline
 from pgolf.submission.significance import SEED_FIELDS
 from pgolf.submission.tracks import Track, guess_track, track_of_record
@@ -58,8 +58,6 @@ RECORD_PRESETS = ("record", "seed")
 # Logs print bpb with 8 decimals; JSON keeps floats exactly, so only log text needs this slack.
 BPB_TOL = 1e-8
 
-_COUNT_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
-                "nine": 9, "ten": 10, "single": 1}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -393,28 +391,6 @@ def check_logs(view: RunView) -> list[Check]:
 
 
 # --------------------------------------------------------------------------- consistency of a submission
-def _claimed_seed_count(data: dict) -> tuple[str, int] | None:
-    for key, v in data.items():
-        m = re.fullmatch(r"(\w+?)_seeds?", key)
-        if m and v is True:
-            word = m.group(1).lower()
-            n = _COUNT_WORDS.get(word, int(word) if word.isdigit() else None)
-            if n is not None:
-                return key, n
-        if key in ("num_seeds", "n_seeds", "seed_count") and _int(v) is not None:
-            return key, int(v)
-    return None
-
-
-def _readme_seed_counts(readme: str) -> set[int]:
-    words = "|".join(_COUNT_WORDS)
-    found = set()
-    for m in re.finditer(rf"\b(\d+|{words})[- ]seeds?\b", readme, flags=re.IGNORECASE):
-        w = m.group(1).lower()
-        found.add(int(w) if w.isdigit() else _COUNT_WORDS[w])
-    return found
-
-
 def submission_views(sub: Submission, runs: list[RunView]) -> list[RunView]:
     """The evidence for the listed seeds: the record's own report, per-seed subfolders, given run directories.
 
@@ -459,8 +435,8 @@ def check_submission(sub: Submission, runs: list[RunView]) -> list[Check]:
     checks.append(Check(FAIL if problems else PASS, "consistency.seeds", who,
                         "; ".join(problems) if problems else f"seeds {seeds}: a report for each"))
 
-    claimed = _claimed_seed_count(data)
-    readme_counts = _readme_seed_counts(sub.readme) if sub.readme else set()
+    claimed = claimed_seed_count(data)
+    readme_counts = readme_seed_counts(sub.readme) if sub.readme else set()
     if claimed is not None and claimed[1] != len(seeds):
         checks.append(Check(FAIL, "consistency.seed_claims", who,
                             f"submission.json {claimed[0]}: {data[claimed[0]]} but {len(seeds)} seed(s) listed"))
@@ -602,7 +578,7 @@ def audit_paths(paths: list[str | Path]) -> list[Check]:
     runs, subs = load_inputs([p for p in paths if Path(p) not in by_logs])
     checks: list[Check] = []
     for rec in log_records:
-        checks += audit_logs.audit_log_record(rec, _claimed_seed_count, _readme_seed_counts)
+        checks += audit_logs.audit_log_record(rec)
     listed: set[int] = set()
     for sub in subs:
         track, source = track_of_record(sub.data, sub.path)

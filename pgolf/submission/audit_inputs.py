@@ -9,6 +9,7 @@ an empty field, and the checks in `pgolf.submission.audit` decide what that mean
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from pgolf.submission.significance import config_hash
 
 _DEFAULTS = flatten(RunConfig().to_dict())
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
+_COUNT_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
+                "nine": 9, "ten": 10, "single": 1}
 REQUIRED_FIELDS = ("author", "name", "val_bpb")
 """What every submission.json carries, from the first records on; without them it is not a submission."""
 
@@ -167,3 +170,27 @@ def read_submission_json(folder: Path) -> dict:
     if not isinstance(data["val_bpb"], (int, float)) or isinstance(data["val_bpb"], bool):
         raise DataError(f"{path}: val_bpb is {data['val_bpb']!r}, not a number")
     return data
+
+
+def claimed_seed_count(data: dict) -> tuple[str, int] | None:
+    """(key, n) of a submission.json flag that claims n seeds (three_seeds: true, num_seeds: 3), if any."""
+    for key, v in data.items():
+        m = re.fullmatch(r"(\w+?)_seeds?", key)
+        if m and v is True:
+            word = m.group(1).lower()
+            n = _COUNT_WORDS.get(word, int(word) if word.isdigit() else None)
+            if n is not None:
+                return key, n
+        if key in ("num_seeds", "n_seeds", "seed_count") and _int(v) is not None:
+            return key, int(v)
+    return None
+
+
+def readme_seed_counts(readme: str) -> set[int]:
+    """Every seed count a README mentions ("3 seeds", "three-seed")."""
+    words = "|".join(_COUNT_WORDS)
+    found = set()
+    for m in re.finditer(rf"\b(\d+|{words})[- ]seeds?\b", readme, flags=re.IGNORECASE):
+        w = m.group(1).lower()
+        found.add(int(w) if w.isdigit() else _COUNT_WORDS[w])
+    return found

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgolf.errors import DataError
-from pgolf.submission.audit_inputs import FAIL, PASS, WARN, Check, read_submission_json
+from pgolf.submission.audit_inputs import (FAIL, PASS, WARN, Check, claimed_seed_count, read_submission_json,
+                                           readme_seed_counts)
 from pgolf.submission.tracks import Track, track_of_record
 from pgolf.submission.upstream_log import SeedLog, read_log, record_logs
 
@@ -153,7 +154,7 @@ def listed_seeds(data: dict) -> list | None:
     return None
 
 
-def check_seeds(rec: LogRecord, claimed_count, readme_counts) -> list[Check]:
+def check_seeds(rec: LogRecord) -> list[Check]:
     """One log per listed seed, no log of an unlisted seed, and as many seeds as any claim says."""
     who = str(rec.path)
     logged = [lg.seed for lg in rec.logs]
@@ -176,8 +177,8 @@ def check_seeds(rec: LogRecord, claimed_count, readme_counts) -> list[Check]:
         problems.append(f"seed(s) {twice} logged twice")
     checks.append(Check(FAIL if problems else PASS, "consistency.seeds", who,
                         "; ".join(problems) if problems else f"seeds {listed} from {source}: a log for each"))
-    claim = claimed_count(rec.data)
-    counts = readme_counts(rec.readme) if rec.readme else set()
+    claim = claimed_seed_count(rec.data)
+    counts = readme_seed_counts(rec.readme) if rec.readme else set()
     if claim is not None and claim[1] != len(listed):
         checks.append(Check(FAIL, "consistency.seed_claims", who,
                             f"submission.json {claim[0]}: {rec.data[claim[0]]} but {len(listed)} seed(s) listed"))
@@ -295,13 +296,12 @@ def check_data(rec: LogRecord) -> list[Check]:
     return checks
 
 
-def audit_log_record(rec: LogRecord, claimed_count, readme_counts) -> list[Check]:
-    """Every check of a log-evidenced record folder. `claimed_count` / `readme_counts` read seed claims
-    the way the run-directory audit does."""
+def audit_log_record(rec: LogRecord) -> list[Check]:
+    """Every check of a log-evidenced record folder."""
     checks = [Check(PASS, "track", str(rec.path), f"{rec.track.name} ({rec.track_source}): "
                     + _limits(rec.track))]
     checks += check_size(rec) + check_time(rec)
-    checks += check_seeds(rec, claimed_count, readme_counts)
+    checks += check_seeds(rec)
     checks.append(check_numbers(rec))
     checks += check_same_run(rec) + check_data(rec)
     return checks
