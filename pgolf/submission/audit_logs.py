@@ -136,7 +136,8 @@ def _budget_check(name: str, who: str, what: str, seconds: float | None, budget:
 def check_time(rec: LogRecord) -> list[Check]:
     checks = []
     for lg in rec.logs:
-        checks.append(_budget_check("time.train", _where(lg), "training clock", lg.train_seconds,
+        steps = f" ({lg.steps:,} steps)" if lg.steps is not None else ""
+        checks.append(_budget_check("time.train", _where(lg), f"training clock{steps}", lg.train_seconds,
                                     rec.track.train_budget_s, rec.track))
         checks.append(_budget_check("time.eval", _where(lg), "evaluation timer", lg.eval_seconds,
                                     rec.track.eval_budget_s, rec.track))
@@ -296,10 +297,21 @@ def check_data(rec: LogRecord) -> list[Check]:
     return checks
 
 
+def log_summary(lg: SeedLog) -> Check:
+    """What one seed's log says, for comparing seeds by eye: steps, val_bpb per stage, hashes."""
+    steps = f"{lg.steps:,}/{lg.iterations:,} steps" if lg.steps is not None and lg.iterations else "steps ?"
+    stages = " -> ".join(f"{s} {lg.bpb[s]:.8f}" for s in ("pre_ema", "prequant", "quantized", "ttt", "ttt_ensemble")
+                         if s in lg.bpb)
+    source = f", source {lg.source_sha256[:12]}" if lg.source_sha256 else ""
+    return Check(PASS, "log.result", _where(lg), f"seed {lg.seed}: {steps}; val_bpb {stages}; score "
+                 f"{lg.score[0]}; config {lg.config_hash[:12]}{source}")
+
+
 def audit_log_record(rec: LogRecord) -> list[Check]:
     """Every check of a log-evidenced record folder."""
     checks = [Check(PASS, "track", str(rec.path), f"{rec.track.name} ({rec.track_source}): "
                     + _limits(rec.track))]
+    checks += [log_summary(lg) for lg in rec.logs]
     checks += check_size(rec) + check_time(rec)
     checks += check_seeds(rec)
     checks.append(check_numbers(rec))
