@@ -527,3 +527,12 @@ def test_record_track_sets_the_time_limits(tmp_path):
     assert statuses(checks, "time.train", str(rec)) == [PASS] and statuses(checks, "time.eval", str(rec)) == [PASS]
     assert "no wallclock budget" in detail(checks, "time.train")
     assert "non_record_16mb (submission.json track" in detail(checks, "track")
+
+
+def test_seeds_quantized_with_different_code_fail(tmp_path):
+    runs = [make_run(tmp_path, f"s{s}", seed=s, report_set={"code_raw_bytes": 200_000}) for s in (1, 2)]
+    assert statuses(audit_paths(runs), "consistency.code_hash") == [PASS]
+    _edit_json(runs[1] / "report.json", code_raw_bytes=200_123)
+    checks = audit_paths(runs)
+    assert statuses(checks, "consistency.code_hash") == [FAIL]
+    assert "200000, 200123" in detail(checks, "consistency.code_hash")

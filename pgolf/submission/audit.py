@@ -535,6 +535,14 @@ def check_group(views: list[RunView], who: str) -> list[Check]:
     else:
         checks.append(Check(PASS, "consistency.config_hash", who,
                             f"one config hash {hashes.pop()} across {len(views)} runs"))
+    code = {v.report.get("code_raw_bytes") for v in views} - {None}
+    if len(code) > 1:
+        # The bundle's raw source size: the library code that quantized each seed (the config aside).
+        checks.append(Check(FAIL, "consistency.code_hash", who,
+                            f"seeds ran different code: library source {sorted(code)} bytes"))
+    elif code:
+        checks.append(Check(PASS, "consistency.code_hash", who, f"one library source ({code.pop():,} bytes) across "
+                            f"{len(views)} runs"))
     shas = [v.report.get("data_manifest_sha256") for v in views]
     if any(not isinstance(s, str) for s in shas):
         checks.append(Check(WARN, "data.manifest_equal", who, "a report lacks data_manifest_sha256"))
