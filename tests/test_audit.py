@@ -112,6 +112,9 @@ def make_record(run: Path, out: Path, *, seeds: list[int] | None = None, extra: 
     sub.update(extra or {})
     (out / "submission.json").write_text(json.dumps(sub, indent=2))
     (out / "README.md").write_text(readme)
+    from pgolf.submission.record import seed_log
+
+    (out / f"train_seed{cfg.train.seed}.log").write_text(seed_log(RunDir(run)))
     return out
 
 
@@ -494,3 +497,42 @@ def test_end_to_end_tiny_run(tmp_path, tiny_data):
         f.seek(100)
         f.write(bytes([byte[0] ^ 0xFF]))
     assert statuses(audit_paths([run]), "artifact.integrity") == [FAIL, FAIL]  # the run and its record
+
+
+# --------------------------------------------------------------------------- text logs and tracks of pgolf records
+def test_seed_text_log_must_score_what_the_report_does(tmp_path, capsys):
+    run = make_run(tmp_path, seed=42)
+    rec = make_record(run, tmp_path / "rec")
+    assert statuses(audit_paths([rec]), "consistency.seed_logs") == [PASS]
+    log = rec / "train_seed42.log"
+    text = log.read_text()
+    log.write_text(text.replace("  score: val_bpb_ttt_ensemble 1.25000000", "  score: val_bpb_ttt_ensemble 1.20000000"))
+    assert "score: val_bpb_ttt_ensemble 1.2" in log.read_text()
+    assert statuses(audit_paths([rec]), "consistency.seed_logs") == [FAIL]
+    log.write_text(text.split("final:")[0])  # cut off before its final block
+    assert main(["audit", str(rec)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train_seed42.log: cut off mid-run" in err
+    log.unlink()
+    assert statuses(audit_paths([rec]), "consistency.seed_logs") == [WARN]
+
+
+def test_record_track_sets_the_time_limits(tmp_path):
+    run = make_run(tmp_path, seed=42, report_set={"train_seconds": 900.0, "ttt_eval_time_s": 700.0})
+    rec = make_record(run, tmp_path / "rec")
+    checks = audit_paths([rec])
+    assert statuses(checks, "time.train", str(rec)) == [FAIL] and statuses(checks, "time.eval", str(rec)) == [FAIL]
+    _edit_json(rec / "submission.json", track="non_record_16mb")
+    checks = audit_paths([rec])
+    assert statuses(checks, "time.train", str(rec)) == [PASS] and statuses(checks, "time.eval", str(rec)) == [PASS]
+    assert "no wallclock budget" in detail(checks, "time.train")
+    assert "non_record_16mb (submission.json track" in detail(checks, "track")
+
+
+def test_seeds_quantized_with_different_code_fail(tmp_path):
+    runs = [make_run(tmp_path, f"s{s}", seed=s, report_set={"code_raw_bytes": 200_000}) for s in (1, 2)]
+    assert statuses(audit_paths(runs), "consistency.code_hash") == [PASS]
+    _edit_json(runs[1] / "report.json", code_raw_bytes=200_123)
+    checks = audit_paths(runs)
+    assert statuses(checks, "consistency.code_hash") == [FAIL]
+    assert "200000, 200123" in detail(checks, "consistency.code_hash")

@@ -300,6 +300,7 @@ def run_dir(tmp_path, tiny_json) -> Path:
 
 def _pack_args(runs, out, **who) -> argparse.Namespace:
     return argparse.Namespace(run_dirs=[str(r) for r in runs], out=str(out), submitter=None,
+                              track=who.pop("track", None), baseline=who.pop("baseline", None),
                               **{k: who.get(k) for k in ("author", "github_id", "name")})
 
 
@@ -422,6 +423,8 @@ def test_two_seeds_make_one_record_the_audit_passes(tiny_data, tmp_path):
     assert "seed: 2" in log and "model.num_layers: 4" in log and "step:2/2 train_loss:" in log
     checks = audit_paths([out])
     assert not [c for c in checks if c.status == FAIL], [c for c in checks if c.status == FAIL]
+    assert [c.status for c in checks if c.name == "consistency.seed_logs"] == ["PASS"]
+    assert main(["audit", str(out)]) == 0
     # a run of another configuration is refused, naming the field
     other = tmp_path / "other"
     shutil.copytree(runs[1], other)
@@ -432,3 +435,72 @@ def test_two_seeds_make_one_record_the_audit_passes(tiny_data, tmp_path):
     with pytest.raises(ArtifactError, match="config differs .* in train.matrix_lr"):
         verbs.cmd_pack(_pack_args([runs[0], other], tmp_path / "refused"))
     assert not (tmp_path / "refused").exists()
+
+
+# --------------------------------------------------------------------------- tracks and a named baseline
+def _second_seed(run_dir: Path, seed: int, bpb: float) -> Path:
+    other = run_dir.parent / f"seed{seed}"
+    shutil.copytree(run_dir, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["train"]["seed"] = seed
+    cfg["ttt"]["peer_seed"] = seed
+    (other / "config.json").write_text(json.dumps(cfg))
+    rep = json.loads((other / "report.json").read_text())
+    rep["val_bpb_ttt"] = bpb
+    (other / "report.json").write_text(json.dumps(rep))
+    return other
+
+
+def test_pack_track_label_and_baseline_comparison(run_dir, tmp_path, capsys):
+    from pgolf.app.cli import main
+
+    other = _second_seed(run_dir, 99, 3.01)
+    out = tmp_path / "rec"
+    assert main(["pack", str(run_dir), str(other), "--out", str(out), "--track", "non_record_unlimited",
+                 "--baseline", "3.2", "3.25", "3.22"]) == 0
+    printed = capsys.readouterr().out
+    sub = json.loads((out / "submission.json").read_text())
+    assert sub["track"] == "non-record-unlimited-compute-16mb"
+    assert "records/track_non_record_16mb/" in printed and "track: non_record_unlimited" in printed
+    c = sub["comparison"]
+    assert c["baseline_val_bpb"] == pytest.approx(3.22333333333, rel=1e-9)
+    assert c["delta_bpb"] == pytest.approx(3.005 - c["baseline_val_bpb"], abs=1e-12)
+    assert c["delta_nats"] < 0 and 0 <= c["p_value"] < 0.05 and c["p_value_bar"] >= c["p_value"]
+    assert "0.005 nats" in c["bar"] and "Welch" in c["test"] and "paired" in c["maintainers_test"]
+    assert "nats" in printed and "p=" in printed
+    assert "## Against the baseline" in (out / "README.md").read_text()
+    # without --track the config decides (a 16 MB cap with a 600 s clock is the record track)
+    assert main(["pack", str(run_dir), "--out", str(tmp_path / "one")]) == 0
+    guessed = json.loads((tmp_path / "one" / "submission.json").read_text())["track"]
+    tiny = load_preset("tiny")
+    from pgolf.submission.tracks import guess_track
+
+    assert guessed == guess_track(tiny.quant.size_cap_bytes, tiny.train.max_wallclock_seconds).label
+
+
+def test_pack_refuses_bad_input_and_writes_nothing(run_dir, tmp_path, capsys):
+    from pgolf.app.cli import main
+
+    other = _second_seed(run_dir, 99, 3.01)
+    rep = json.loads((other / "report.json").read_text())
+    rep["code_raw_bytes"] = 123_456
+    (other / "report.json").write_text(json.dumps(rep))
+    out = tmp_path / "rec"
+    assert main(["pack", str(run_dir), str(other), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "quantized with other code" in err and err.count("\n") == 1 and not out.exists()
+    assert main(["pack", str(run_dir), "--out", str(out), "--baseline", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_pack_track_from_the_records_folder_and_mismatch_refused(run_dir, tmp_path, capsys):
+    from pgolf.app.cli import main
+
+    out = tmp_path / "records" / "track_non_record_16mb" / "2026-12-01_Tiny"
+    assert main(["pack", str(run_dir), "--out", str(out)]) == 0
+    assert json.loads((out / "submission.json").read_text())["track"] == "non_record_16mb"
+    other = tmp_path / "records" / "track_10min_16mb" / "2026-12-01_Tiny"
+    assert main(["pack", str(run_dir), "--out", str(other), "--track", "non_record_16mb"]) == 2
+    err = capsys.readouterr().err
+    assert "--track non_record_16mb belongs in records/track_non_record_16mb/" in err and not other.exists()

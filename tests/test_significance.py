@@ -131,3 +131,49 @@ def test_cli_prints_table_and_verdict(capsys):
     assert "README bar (>= 0.005 nats at p < 0.01): FAIL" in out
     assert "maintainers' practice (lower at p < 0.25): PASS" in out
     assert "assumed 3.15" in out
+    assert "maintainers' test (paired t-test, two-sided" in out and "p=0.01068" in out
+
+
+# --------------------------------------------------------------------------- runs, record folders and logs alike
+def test_record_folders_and_logs_read_alike(tmp_path, capsys):
+    from pgolf.submission.significance import comparison, read_groups, read_results
+    from upstream_records import upstream_record
+
+    rec = upstream_record(tmp_path / "up", dict(zip((42, 314, 0), PR2014)))
+    from_folder = read_results(str(rec))
+    assert sorted(r.bpb for r in from_folder) == sorted(PR2014)
+    assert {r.key for r in from_folder} == {"log ttt_ensemble"} and len({r.config_hash for r in from_folder}) == 1
+    # the bytes per token come from the logs' own val_loss / val_bpb
+    assert all(r.nats_per_bpb == pytest.approx(2.18834, rel=1e-5) for r in from_folder)
+    one_log = read_results(str(rec / "train_seed314.log"))
+    assert [r.bpb for r in one_log] == [PR2014[1]]
+    assert [r.bpb for r in read_results(str(rec / "submission.json"))] == [r.bpb for r in from_folder]
+    # a folder that publishes only seed_results (no logs), and one with only its mean
+    pub = tmp_path / "pub"
+    pub.mkdir()
+    (pub / "submission.json").write_text(json.dumps({"seed_results": {str(s): {"val_bpb": b} for s, b in
+                                                                      zip((42, 0, 1234), PR1953)}}))
+    assert [r.bpb for r in read_results(str(pub))] == PR1953
+    (pub / "submission.json").write_text(json.dumps({"val_bpb": 1.0585537}))
+    assert [r.bpb for r in read_results(str(pub))] == [1.0585537]
+    # pgolf runs next to upstream logs, in one command
+    runs = [_report(tmp_path / f"run{s}", b, s) for s, b in zip((1, 2, 3), PR2014)]
+    c = comparison(read_groups([str(p) for p in runs]), read_groups([str(rec)]), "up")
+    assert c["delta_bpb"] == pytest.approx(0.0, abs=1e-12) and c["p_value"] == pytest.approx(0.5, abs=1e-9)
+    assert main(["significance", str(rec), "--baseline", str(tmp_path / "run1"), str(tmp_path / "run2"),
+                 str(tmp_path / "run3")]) == 0
+    assert "[log ttt_ensemble]" in capsys.readouterr().out
+
+
+def test_comparison_states_the_bar_and_tests():
+    from pgolf.submission.significance import comparison, comparison_lines, read_groups
+
+    c = comparison(read_groups([str(x) for x in PR2014]), read_groups([str(x) for x in PR1953]), "PR #1953")
+    assert c["p_value"] == pytest.approx(0.020223369396146613, rel=1e-8)
+    assert c["maintainers_p_value"] == pytest.approx(0.010679994236632084, rel=1e-8)
+    assert c["passes_bar"] is False and c["passes_practice"] is True
+    assert c["delta_nats"] == pytest.approx(c["delta_bpb"] * RECORD_NATS_PER_BPB)
+    text = "\n".join(comparison_lines(c))
+    assert "0.005 nats better at p < 0.01: FAIL" in text and "Welch" in text and "p=0.01068" in text
+    single = comparison(read_groups(["1.05"]), read_groups([str(x) for x in PR1953]), "PR #1953")
+    assert single["p_value"] is None and "one seed" in single["note"] and single["delta_nats"] < 0

@@ -17,6 +17,7 @@ from pgolf import emulation
 from pgolf.app import verbs
 from pgolf.app.pipeline import cmd_run
 from pgolf.errors import PgolfError
+from pgolf.submission.tracks import TRACKS
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -102,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="submission.json name (default: the preset and techniques)")
     p.add_argument("--submitter", default=None, metavar="FILE.json",
                    help="a JSON file with author / github_id / name (flags win)")
+    _add_track(p)
+    _add_baseline(p)
     p.set_defaults(handler=verbs.cmd_pack)
 
     # ---- eval
@@ -134,19 +137,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_run)
 
     # ---- significance
-    p = sub.add_parser("significance", help="Welch t-test of per-seed bpb against a baseline")
-    p.add_argument("candidate", nargs="+", help="report.json files or bpb numbers of the candidate's seeds")
-    p.add_argument("--baseline", nargs="+", required=True, help="report.json files or bpb numbers")
+    p = sub.add_parser("significance", help="Welch t-test of per-seed bpb against a baseline (the README's bar: "
+                       ">= 0.005 nats at p < 0.01), with the maintainers' paired test beside it")
+    p.add_argument("candidate", nargs="+", help="the candidate's seeds: bpb numbers, runs (report.json), record "
+                   "folders (pgolf's or upstream) or text logs")
+    p.add_argument("--baseline", nargs="+", required=True, help="the same kinds of inputs, for the baseline")
     p.add_argument("--min-delta-nats", type=float, default=0.005)
     p.set_defaults(handler=verbs.cmd_significance)
 
     # ---- audit
     p = sub.add_parser("audit", help="check runs and record folders against the rules: size, time, legality, "
                        "data, consistency, artifact")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="run directories and/or packed record folders")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="run directories and/or record folders (pgolf's, or upstream ones with text logs)")
     p.add_argument("--strict", action="store_true", help="also exit non-zero on WARN (missing evidence)")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON instead of a table")
+    _add_baseline(p)
     p.set_defaults(handler=verbs.cmd_audit)
+
+    # ---- preset
+    preset = sub.add_parser("preset", help="make and inspect configs")
+    add_preset_verbs(preset.add_subparsers(dest="preset_verb", metavar="ACTION", required=True))
     return ap
+
+
+def add_preset_verbs(psub) -> None:
+    """The `pgolf preset ACTION` group; each action adds its parser here."""
+    p = psub.add_parser("from-log", help="a record log's hyperparameter block -> a config.json for --config")
+    p.add_argument("log", help="a record's text log (train_seed<N>.log, upstream or pgolf-made)")
+    p.add_argument("--out", required=True, metavar="FILE.json", help="the config to write")
+    p.add_argument("--preset", default="seed",
+                   help="what fields the log does not set start from (default: seed, #2139's defaults)")
+    p.set_defaults(handler=verbs.cmd_preset_from_log)
+
+
+def _add_track(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--track", default=None, choices=sorted(TRACKS),
+                   help="the track the record is for (default: the records/track_* folder --out is in, else "
+                        "the config: a 16 MB cap with a 600 s clock is 10min_16mb, no clock is non_record_unlimited, "
+                        "anything else non_record_16mb)")
+
+
+def _add_baseline(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--baseline", nargs="+", default=None, metavar="PATH",
+                   help="compare with this baseline (a record folder, logs, runs or bpb numbers): delta in nats, "
+                        "p-value, the README's bar (0.005 nats at p < 0.01) and the tests used")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -294,3 +294,68 @@ def _raise_rope_length(base: RunConfig, flat: dict[str, Any]) -> None:
     lengths += [flat[k] for k in ("eval.eval_seq_len", "ttt.eval_seq_len") if k in flat]
     if max(lengths) > base.model.max_seq_len:
         flat["model.max_seq_len"] = max(lengths)
+
+
+# --------------------------------------------------------------------------- a record log's hyperparameter block
+# Names a seed-style dump prints that configure nothing: the run's identity, paths and processes.
+_DUMP_BOOKKEEPING = {
+    "run_id": "the run's id", "logfile": "the log's path", "distributed": "process bookkeeping",
+    "world_size": "process bookkeeping (the GPU count; pgolf takes it from torchrun)", "rank": "process bookkeeping",
+    "local_rank": "process bookkeeping", "is_main_process": "process bookkeeping",
+    "grad_accum_steps": "derived from the world size (8 / world size)", "datasets_dir": "path: use --data",
+    "train_files": "path: use --data", "val_files": "path: use --data", "val_bytes_files": "path: use --data",
+    "model_path": "path: the run directory names it", "quantized_model_path": "path: the run directory names it",
+}
+
+
+def _dump_value(raw: str) -> str:
+    """A dump's printed value as the environment would spell it (Python's True/False -> 1/0)."""
+    v = raw.strip()
+    return {"True": "1", "False": "0"}.get(v, v)
+
+
+def _literal(raw: str):
+    import ast
+
+    try:
+        return ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        return raw.strip()
+
+
+def from_hyperparameters(hp: Mapping[str, str], base: RunConfig) -> tuple[RunConfig, list[str]]:
+    """A record log's hyperparameter block as a config, and one 'name: why' line per entry it cannot map.
+
+    Two spellings: pgolf's own log prints dotted config fields (`model.num_layers: 4`), set as they are;
+    the challenge's scripts print their attributes (`num_layers: 11`), which are the environment knobs in
+    lower case and go through the same mapping as `pgolf train --env`. Nothing is dropped silently: every
+    entry either lands on a field (or is a switch at pgolf's only setting) or is listed.
+    """
+    from pgolf.config import SECTIONS, flatten, merge, nest
+
+    unmapped: list[str] = []
+    dotted = any(k.split(".", 1)[0] in SECTIONS and "." in k for k in hp)
+    if dotted:
+        fields = flatten(base.to_dict())
+        flat: dict[str, Any] = {}
+        for key, raw in hp.items():
+            if key in fields:
+                flat[key] = _literal(raw) if key != "preset" else raw.strip()
+            else:
+                unmapped.append(f"{key}: not a field of this pgolf's config")
+        return RunConfig.from_dict(merge(base.to_dict(), nest(flat))), unmapped
+    env: dict[str, str] = {}
+    for key, raw in hp.items():
+        name, value = key.upper(), _dump_value(raw)
+        if key in _DUMP_BOOKKEEPING:
+            unmapped.append(f"{key}: {_DUMP_BOOKKEEPING[key]}")
+        elif name in IGNORED:
+            unmapped.append(f"{key}: {IGNORED[name]}")
+        elif name in FIXED:
+            if value.lower() != FIXED[name] and not _same_number(value, FIXED[name]):
+                unmapped.append(f"{key}: {raw.strip()!r}, but pgolf implements only {FIXED[name]!r}")
+        elif name in MAPPED or name in SPECIAL:
+            env[name] = value
+        else:
+            unmapped.append(f"{key}: not a knob pgolf knows")
+    return resolve(base, env=env_overrides(env, base)), unmapped

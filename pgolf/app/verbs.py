@@ -30,7 +30,8 @@ from pgolf.prepare import prepare_data, summary_lines
 from pgolf.quantize import quantize_run
 from pgolf.rundir import RunDir
 from pgolf.runlog import RunLog
-from pgolf.submission import audit, pack, record, significance
+from pgolf.submission import audit, pack, record, significance, upstream_log
+from pgolf.submission.tracks import choose_track
 from pgolf.train import clear_results, train
 
 
@@ -249,28 +250,73 @@ def _submitter(args) -> dict:
     return {**who, **{k: v for k, v in flags.items() if v is not None}}
 
 
+def _baseline_comparison(candidate_items: list[str], baseline_items: list[str] | None) -> dict | None:
+    """significance.comparison of the candidate's seeds with --baseline (None without one)."""
+    if not baseline_items:
+        return None
+    candidate = significance.read_groups(candidate_items)
+    baseline = significance.read_groups(baseline_items)
+    return significance.comparison(candidate, baseline, " ".join(baseline_items))
+
+
 def cmd_pack(args) -> int:
+    """`pgolf pack RUN... --out DIR [--track T] [--baseline PATH...]`: everything is read and checked
+    (configs, sizes, the baseline) before the folder is written."""
+    track = choose_track(args.track, Path(args.out))
+    comparison = _baseline_comparison([str(RunDir(r).report) for r in args.run_dirs], args.baseline)
     if len(args.run_dirs) > 1:
-        sizes = record.pack_seeds(args.run_dirs, args.out, _submitter(args))
+        sizes = record.pack_seeds(args.run_dirs, args.out, _submitter(args), track, comparison)
     else:
-        sizes = record.pack_record(args.run_dirs[0], args.out, _submitter(args))
+        sizes = record.pack_record(args.run_dirs[0], args.out, _submitter(args), track, comparison)
     print(pack.format_breakdown(sizes))
+    sub = json.loads((Path(args.out) / "submission.json").read_text())
+    chosen = record.record_track(RunDir(args.run_dirs[0]).read_config(), track)
     print(f"record folder: {args.out} ({pack.RECORD_CODE_NAME} {sizes['code_bytes']:,} bytes, "
           f"total {sizes['artifact_bytes']:,} of {sizes['size_cap_bytes']:,})")
+    print(f"track: {chosen.name} (submission.json \"track\": {sub['track']!r}); upstream folder: "
+          f"{chosen.suggested_folder(sub['date'], Path(args.out).name.split('_', 1)[-1])}")
+    for line in significance.comparison_lines(comparison) if comparison else []:
+        print(line)
     return 0
 
 
 def cmd_significance(args) -> int:
-    candidate = [significance.read_seed_result(x) for x in args.candidate]
-    baseline = [significance.read_seed_result(x) for x in args.baseline]
+    """Per-seed figures from numbers, runs, record folders or logs; Welch's verdict and the maintainers' test."""
+    candidate = significance.read_groups(args.candidate)
+    baseline = significance.read_groups(args.baseline)
     v = significance.decide(candidate, baseline, args.min_delta_nats)
     print(significance.format_verdict(candidate, baseline, v))
     return 0
 
 
 def cmd_audit(args) -> int:
-    """`pgolf audit PATH... [--strict]`: exit 1 on any FAIL (and on any WARN with --strict)."""
+    """`pgolf audit PATH... [--strict] [--json] [--baseline PATH...]`: exit 1 on any FAIL (and on any WARN
+    with --strict); bad input (unreadable or cut-off logs, no logs, a broken submission.json) exits 2."""
     checks = audit.audit_paths(args.paths)
-    print(audit.format_checks(checks))
+    if args.baseline:
+        checks += audit.significance_checks(args.paths, significance.read_groups(args.baseline),
+                                            " ".join(args.baseline))
+    print(audit.format_json(checks) if args.json else audit.format_checks(checks))
     bad = {audit.FAIL, audit.WARN} if args.strict else {audit.FAIL}
     return 1 if any(c.status in bad for c in checks) else 0
+
+
+def cmd_preset_from_log(args) -> int:
+    """`pgolf preset from-log LOG --out FILE.json`: the log's hyperparameter block as a config; every
+    entry it cannot map is listed, one line each."""
+    path = Path(args.log)
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the log ({e})") from None
+    hp = upstream_log.hyperparameter_block(text, path)
+    cfg, unmapped = envknobs.from_hyperparameters(hp, resolve(args.preset))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(cfg.to_json() + "\n")
+    print(f"{out}: {len(hp) - len(unmapped)} of {len(hp)} hyperparameters mapped onto preset {cfg.preset}'s "
+          f"config; {len(unmapped)} cannot be mapped" + (":" if unmapped else ""))
+    for line in unmapped:
+        print(f"  cannot map {line}")
+    print(f"  next: pgolf train --config {out} --data DIR --out RUN")
+    return 0

@@ -37,9 +37,13 @@ from pgolf.config import flatten
 from pgolf.data import manifest_sha256
 from pgolf.errors import ArtifactError
 from pgolf.quant.artifact import FORMAT_TAG, read_artifact
-from pgolf.submission.audit_inputs import Check, RunView, Submission, cfg_get, load_inputs
+from pgolf.submission import audit_logs
+from pgolf.submission.audit_inputs import (FAIL, PASS, WARN, Check, RunView, Submission, cfg_get, claimed_seed_count,
+                                           is_run_record, load_inputs, readme_seed_counts)
 from pgolf.submission.record import final_result as headline
 from pgolf.submission.significance import SEED_FIELDS
+from pgolf.submission.tracks import Track, guess_track, track_of_record
+from pgolf.submission.upstream_log import read_log
 
 CHALLENGE_CAP_BYTES = 16_000_000
 CHALLENGE_TRAIN_S = 600.0
@@ -54,9 +58,6 @@ RECORD_PRESETS = ("record", "seed")
 # Logs print bpb with 8 decimals; JSON keeps floats exactly, so only log text needs this slack.
 BPB_TOL = 1e-8
 
-PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
-_COUNT_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
-                "nine": 9, "ten": 10, "single": 1}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -95,7 +96,7 @@ def _manifest(view: RunView) -> tuple[Path | None, dict | None]:
 
 
 # --------------------------------------------------------------------------- size
-def check_size(view: RunView, sub: Submission | None = None) -> list[Check]:
+def check_size(view: RunView, sub: Submission | None = None, track: Track | None = None) -> list[Check]:
     """Code + model bytes from the files on disk, against the cap and against every claim of them."""
     checks, rep, who = [], view.report, view.label
     sub_claims = sub.data if sub is not None and view is sub.view else {}
@@ -118,6 +119,8 @@ def check_size(view: RunView, sub: Submission | None = None) -> list[Check]:
     cap = _int(cfg_get(view.config, "quant.size_cap_bytes")) or CHALLENGE_CAP_BYTES
     if record_claim(view):
         cap = min(cap, CHALLENGE_CAP_BYTES)
+    if sub is not None and track is not None and track.size_cap_bytes is not None:
+        cap = min(cap, track.size_cap_bytes)  # the track the record is filed under decides
     if code is None or model is None:
         checks.append(Check(FAIL, "size.total", who, "no code or model size on disk or in report.json"))
         return checks
@@ -162,9 +165,11 @@ def _bytes_check(name: str, who: str, disk: int | None, claims: dict, what: str)
 
 
 # --------------------------------------------------------------------------- time
-def check_time(view: RunView) -> list[Check]:
-    """The two 600 s budgets from the report's timed phases, and what those phases leave out."""
+def check_time(view: RunView, track: Track | None = None) -> list[Check]:
+    """The track's two budgets (600 s each on the record track) from the report's timed phases, and what those
+    phases leave out. A track without a wallclock budget reports the seconds and passes them."""
     rep, who = view.report, view.label
+    track = track or _run_track(view)
     phases = rep.get("phase_seconds") or {}
     checks = []
     train_s = _num(rep.get("train_seconds", phases.get("train")))
@@ -173,19 +178,23 @@ def check_time(view: RunView) -> list[Check]:
         checks.append(Check(WARN, "time.train", who, "no train_seconds in report.json"))
     else:
         total = train_s + calib_s
-        ok = total <= CHALLENGE_TRAIN_S
+        budget = track.train_budget_s
+        ok = budget is None or total <= budget
+        limit = (f"{'<=' if ok else '>'} {budget:.0f} s" if budget is not None
+                 else f"(track {track.name}: no wallclock budget)")
         checks.append(Check(PASS if ok else FAIL, "time.train", who,
-                            f"train {_fmt_s(train_s)} + calibration {_fmt_s(calib_s)} = {_fmt_s(total)} "
-                            f"{'<=' if ok else '>'} {CHALLENGE_TRAIN_S:.0f} s"))
+                            f"train {_fmt_s(train_s)} + calibration {_fmt_s(calib_s)} = {_fmt_s(total)} {limit}"))
     ttt_s = _num(rep.get("ttt_eval_time_s"))
     if ttt_s is None and "ttt_eval_s" in phases:
         ttt_s = float(phases.get("ttt_eval_s", 0.0)) + float(phases.get("ttt_global_sgd_s", 0.0))
     if ttt_s is None:
         checks.append(Check(WARN, "time.eval", who, "no TTT eval timing in report.json (run `pgolf eval --ttt`)"))
     else:
-        ok = ttt_s <= CHALLENGE_EVAL_S
-        checks.append(Check(PASS if ok else FAIL, "time.eval", who,
-                            f"TTT eval {_fmt_s(ttt_s)} {'<=' if ok else '>'} {CHALLENGE_EVAL_S:.0f} s"))
+        budget = track.eval_budget_s
+        ok = budget is None or ttt_s <= budget
+        limit = (f"{'<=' if ok else '>'} {budget:.0f} s" if budget is not None
+                 else f"(track {track.name}: no wallclock budget)")
+        checks.append(Check(PASS if ok else FAIL, "time.eval", who, f"TTT eval {_fmt_s(ttt_s)} {limit}"))
     # Reviews accepted these outside the timers (#2014, #2139), but they are real seconds a reviewer may count.
     untimed = {"train compile warmup": phases.get("compile_warmup"), "TTT compile warmup":
                phases.get("ttt_compile_warmup_s")}
@@ -382,28 +391,6 @@ def check_logs(view: RunView) -> list[Check]:
 
 
 # --------------------------------------------------------------------------- consistency of a submission
-def _claimed_seed_count(data: dict) -> tuple[str, int] | None:
-    for key, v in data.items():
-        m = re.fullmatch(r"(\w+?)_seeds?", key)
-        if m and v is True:
-            word = m.group(1).lower()
-            n = _COUNT_WORDS.get(word, int(word) if word.isdigit() else None)
-            if n is not None:
-                return key, n
-        if key in ("num_seeds", "n_seeds", "seed_count") and _int(v) is not None:
-            return key, int(v)
-    return None
-
-
-def _readme_seed_counts(readme: str) -> set[int]:
-    words = "|".join(_COUNT_WORDS)
-    found = set()
-    for m in re.finditer(rf"\b(\d+|{words})[- ]seeds?\b", readme, flags=re.IGNORECASE):
-        w = m.group(1).lower()
-        found.add(int(w) if w.isdigit() else _COUNT_WORDS[w])
-    return found
-
-
 def submission_views(sub: Submission, runs: list[RunView]) -> list[RunView]:
     """The evidence for the listed seeds: the record's own report, per-seed subfolders, given run directories.
 
@@ -448,8 +435,8 @@ def check_submission(sub: Submission, runs: list[RunView]) -> list[Check]:
     checks.append(Check(FAIL if problems else PASS, "consistency.seeds", who,
                         "; ".join(problems) if problems else f"seeds {seeds}: a report for each"))
 
-    claimed = _claimed_seed_count(data)
-    readme_counts = _readme_seed_counts(sub.readme) if sub.readme else set()
+    claimed = claimed_seed_count(data)
+    readme_counts = readme_seed_counts(sub.readme) if sub.readme else set()
     if claimed is not None and claimed[1] != len(seeds):
         checks.append(Check(FAIL, "consistency.seed_claims", who,
                             f"submission.json {claimed[0]}: {data[claimed[0]]} but {len(seeds)} seed(s) listed"))
@@ -461,6 +448,7 @@ def check_submission(sub: Submission, runs: list[RunView]) -> list[Check]:
 
     present = [by_seed[s] for s in seeds if isinstance(s, int) and s in by_seed]
     checks.append(_numbers_check(sub, present))
+    checks.append(_seed_logs_check(sub, present))
     checks += check_group(views, who)
     return checks
 
@@ -504,6 +492,30 @@ def _numbers_check(sub: Submission, views: list[RunView]) -> Check:
     return Check(PASS, "consistency.numbers", who, "submission = reports: " + ", ".join(shown))
 
 
+def _seed_logs_check(sub: Submission, views: list[RunView]) -> Check:
+    """Each seed's text log (train_seed<N>.log) is there and scores what its report does."""
+    who = str(sub.path)
+    missing, wrong, shown = [], [], []
+    for v in views:
+        path = sub.path / f"train_seed{v.seed}.log"
+        if not path.exists():
+            missing.append(path.name)
+            continue
+        log = read_log(path)
+        head = headline(v.report)
+        score = log.score
+        if head is None or score is None or abs(score[1] - head[1]) > BPB_TOL:
+            wrong.append(f"{path.name} scores {score} but the report {head}")
+        else:
+            shown.append(path.name)
+    if wrong:
+        return Check(FAIL, "consistency.seed_logs", who, "; ".join(wrong))
+    if missing:
+        return Check(WARN, "consistency.seed_logs", who, f"no text log {', '.join(missing)} (packed by an older "
+                     "pgolf?)")
+    return Check(PASS, "consistency.seed_logs", who, f"{', '.join(shown)}: complete, scores = reports")
+
+
 def check_group(views: list[RunView], who: str) -> list[Check]:
     """Seeds of one submission: one config (seed fields aside), one data manifest, no seed run twice."""
     if len(views) < 2:
@@ -523,6 +535,14 @@ def check_group(views: list[RunView], who: str) -> list[Check]:
     else:
         checks.append(Check(PASS, "consistency.config_hash", who,
                             f"one config hash {hashes.pop()} across {len(views)} runs"))
+    code = {v.report.get("code_raw_bytes") for v in views} - {None}
+    if len(code) > 1:
+        # The bundle's raw source size: the library code that quantized each seed (the config aside).
+        checks.append(Check(FAIL, "consistency.code_hash", who,
+                            f"seeds ran different code: library source {sorted(code)} bytes"))
+    elif code:
+        checks.append(Check(PASS, "consistency.code_hash", who, f"one library source ({code.pop():,} bytes) across "
+                            f"{len(views)} runs"))
     shas = [v.report.get("data_manifest_sha256") for v in views]
     if any(not isinstance(s, str) for s in shas):
         checks.append(Check(WARN, "data.manifest_equal", who, "a report lacks data_manifest_sha256"))
@@ -539,20 +559,38 @@ def check_group(views: list[RunView], who: str) -> list[Check]:
 
 
 # --------------------------------------------------------------------------- driver
+def _run_track(view: RunView) -> Track:
+    """A run directory's track, as its config suggests it (16 MB cap + 600 s clock = the record track)."""
+    cap = _int(cfg_get(view.config, "quant.size_cap_bytes")) or CHALLENGE_CAP_BYTES
+    clock = _num(cfg_get(view.config, "train.max_wallclock_seconds"))
+    return guess_track(cap, clock if clock is not None else CHALLENGE_TRAIN_S)
+
+
 def audit_view(view: RunView, sub: Submission | None = None) -> list[Check]:
     """Every per-run check of one run directory or record folder."""
-    checks = check_size(view, sub) + check_time(view) + check_legality(view) + check_data(view)
+    track = track_of_record(sub.data, sub.path)[0] if sub is not None else _run_track(view)
+    checks = check_size(view, sub, track) + check_time(view, track) + check_legality(view) + check_data(view)
     checks += check_logs(view)
     checks.append(check_artifact(view))
     return checks
 
 
 def audit_paths(paths: list[str | Path]) -> list[Check]:
-    """Every check for the given run directories and record folders, in input order per submission."""
-    runs, subs = load_inputs(paths)
+    """Every check for the given run directories and record folders, in input order per submission.
+
+    A record folder whose only evidence is its text logs (the challenge's format) is audited from them
+    (`pgolf.submission.audit_logs`); every input is read before any check runs, so bad input stops the
+    audit with one line."""
+    by_logs = [Path(p) for p in paths if (Path(p) / "submission.json").exists() and not is_run_record(Path(p))]
+    log_records = [audit_logs.load_log_record(p) for p in by_logs]
+    runs, subs = load_inputs([p for p in paths if Path(p) not in by_logs])
     checks: list[Check] = []
+    for rec in log_records:
+        checks += audit_logs.audit_log_record(rec)
     listed: set[int] = set()
     for sub in subs:
+        track, source = track_of_record(sub.data, sub.path)
+        checks.append(Check(PASS, "track", str(sub.path), f"{track.name} ({source})"))
         for view in ([sub.view] if sub.view is not None else []) + sub.extra_views:
             checks += audit_view(view, sub)
         checks += check_submission(sub, runs)
@@ -565,6 +603,43 @@ def audit_paths(paths: list[str | Path]) -> list[Check]:
     else:
         checks += check_group(runs, "runs")
     return checks
+
+
+def significance_checks(paths: list[str | Path], baseline, baseline_name: str) -> list[Check]:
+    """One `significance` check per audited record (or one for a group of runs) against a named baseline.
+
+    On the record track: PASS at the README's bar, WARN when only the maintainers' practice bar (p < 0.25)
+    is met, FAIL otherwise; elsewhere the figures are stated and pass (no bar applies)."""
+    from pgolf.submission import significance
+
+    groups: list[tuple[str, list, bool]] = []
+    records = [Path(p) for p in paths if (Path(p) / "submission.json").exists()]
+    for rec in records:
+        data = json.loads((rec / "submission.json").read_text())
+        groups.append((str(rec), significance.read_results(str(rec)), track_of_record(data, rec)[0].name
+                       == "10min_16mb"))
+    runs = [str(p) for p in paths if Path(p) not in records]
+    if runs and not records:
+        groups.append(("runs", significance.read_groups(runs), False))
+    checks = []
+    for who, candidate, record_track in groups:
+        c = significance.comparison(candidate, baseline, baseline_name)
+        text = " | ".join(significance.comparison_lines(c))
+        if c["p_value"] is None:
+            status = WARN if record_track else PASS
+        elif not record_track or c["passes_bar"]:
+            status = PASS
+        else:
+            status = WARN if c.get("passes_practice") else FAIL
+        checks.append(Check(status, "significance", who, text))
+    return checks
+
+
+def format_json(checks: list[Check]) -> str:
+    """The checks for machines: every check's status, name, subject and detail, and the counts."""
+    counts = {s: sum(c.status == s for c in checks) for s in (PASS, WARN, FAIL)}
+    return json.dumps({"checks": [{"status": c.status, "check": c.name, "subject": c.subject, "detail": c.detail}
+                                  for c in checks], "counts": counts, "passed": counts[FAIL] == 0}, indent=2)
 
 
 def format_checks(checks: list[Check]) -> str:

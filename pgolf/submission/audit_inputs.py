@@ -9,6 +9,7 @@ an empty field, and the checks in `pgolf.submission.audit` decide what that mean
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,12 @@ from pgolf.rundir import Report, RunDir
 from pgolf.submission.significance import config_hash
 
 _DEFAULTS = flatten(RunConfig().to_dict())
+PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
+_COUNT_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
+                "nine": 9, "ten": 10, "single": 1}
+REQUIRED_FIELDS = ("author", "name", "val_bpb")
+"""What every submission.json carries, from the first records on; without them it is not a submission."""
+
 
 @dataclass
 class Check:
@@ -134,6 +141,12 @@ def load_inputs(paths: list[str | Path]) -> tuple[list[RunView], list[Submission
     return runs, subs
 
 
+def is_run_record(path: Path) -> bool:
+    """A record folder that carries pgolf's run evidence (report.json at the top or per seed)."""
+    return (path / "report.json").exists() or any(d.is_dir() and (d / "report.json").exists()
+                                                  for d in path.iterdir())
+
+
 def _load_submission(path: Path) -> Submission:
     readme = path / "README.md"
     # A single-seed record carries its run's report at the top; a multi-seed one has a folder per seed.
@@ -142,6 +155,42 @@ def _load_submission(path: Path) -> Submission:
     for v in extra:
         if v.code_file is None and (path / "train_gpt.py").exists():
             v.code_file = path / "train_gpt.py"  # one train_gpt.py serves every seed of the submission
-    return Submission(path=path, data=_read_json(path / "submission.json"),
+    return Submission(path=path, data=read_submission_json(path),
                       readme=readme.read_text(errors="replace") if readme.exists() else None, view=view,
                       extra_views=extra)
+
+
+def read_submission_json(folder: Path) -> dict:
+    """submission.json of a record folder; DataError when it is not a JSON object or lacks a required field."""
+    path = folder / "submission.json"
+    data = _read_json(path)
+    missing = [k for k in REQUIRED_FIELDS if k not in data]
+    if missing:
+        raise DataError(f"{path}: lacks {', '.join(missing)} (a submission.json carries {', '.join(REQUIRED_FIELDS)})")
+    if not isinstance(data["val_bpb"], (int, float)) or isinstance(data["val_bpb"], bool):
+        raise DataError(f"{path}: val_bpb is {data['val_bpb']!r}, not a number")
+    return data
+
+
+def claimed_seed_count(data: dict) -> tuple[str, int] | None:
+    """(key, n) of a submission.json flag that claims n seeds (three_seeds: true, num_seeds: 3), if any."""
+    for key, v in data.items():
+        m = re.fullmatch(r"(\w+?)_seeds?", key)
+        if m and v is True:
+            word = m.group(1).lower()
+            n = _COUNT_WORDS.get(word, int(word) if word.isdigit() else None)
+            if n is not None:
+                return key, n
+        if key in ("num_seeds", "n_seeds", "seed_count") and _int(v) is not None:
+            return key, int(v)
+    return None
+
+
+def readme_seed_counts(readme: str) -> set[int]:
+    """Every seed count a README mentions ("3 seeds", "three-seed")."""
+    words = "|".join(_COUNT_WORDS)
+    found = set()
+    for m in re.finditer(rf"\b(\d+|{words})[- ]seeds?\b", readme, flags=re.IGNORECASE):
+        w = m.group(1).lower()
+        found.add(int(w) if w.isdigit() else _COUNT_WORDS[w])
+    return found

@@ -20,7 +20,12 @@ Reproducing the leaderboard's "PR #2014: p=0.011 vs PR #1953": Welch one-sided
 gives p = 0.0202 (df 3.92) and a one-sample test against #1953's mean 0.0288
 (df 2). 0.011 is a *paired* two-sided t-test over the seeds in listing order
 (p = 0.0107, df 2), which `paired_t_test` reproduces; it pairs unrelated runs
-(#2014 seeds 42/314/0 with #1953 seeds 42/0/1234), so it is not used for verdicts.
+(#2014 seeds 42/314/0 with #1953 seeds 42/0/1234), so it is not used for verdicts,
+but it is printed beside them as the test the maintainers' published p-values use.
+
+Inputs are read alike from plain numbers, pgolf runs (report.json), record folders
+(pgolf's, with per-seed reports, or upstream ones, from their text logs or, without
+logs, their submission.json seed_results) and single text logs (`read_results`).
 """
 
 from __future__ import annotations
@@ -33,9 +38,12 @@ from pathlib import Path
 from typing import Sequence
 
 from pgolf.errors import ConfigError, DataError
+from pgolf.rundir import Report
+from pgolf.submission.upstream_log import read_log, record_logs
 
 RESULT_KEYS = ("val_bpb_ttt_ensemble", "val_bpb_ttt", "val_bpb_roundtrip")
-"""The figure a report contributes: the first of these it has (the scored number first)."""
+"""The figures a report may contribute; the one it does is its headline (`Report.headline`: the last stage
+reached, never a non-compliant ensemble)."""
 
 SEED_FIELDS = ("train.seed", "ttt.peer_seed")
 """Config fields that are meant to differ between seeds; left out of the config hash."""
@@ -46,6 +54,9 @@ Used to convert nats to bpb when the inputs are plain numbers."""
 
 STRICT_P = 0.01
 PRACTICE_P = 0.25
+BAR = "the README's bar: >= 0.005 nats better at p < 0.01"
+VERDICT_TEST = "Welch's t-test, one-sided (H1: candidate lower), H0 shifted by the bar"
+MAINTAINERS_TEST = "paired t-test, two-sided, seeds in listing order (reproduces the leaderboard's p-values)"
 
 
 # --------------------------------------------------------------------------- the t distribution
@@ -202,7 +213,9 @@ def read_seed_result(item: str) -> SeedResult:
         rep = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise DataError(f"{path}: not a readable JSON report ({e})") from None
-    key = next((k for k in RESULT_KEYS if isinstance(rep.get(k), (int, float))), None)
+    # The run's own score (a non-compliant ensemble never is), as pack and the audit take it.
+    head = Report.from_dict(rep).headline() if isinstance(rep, dict) else None
+    key = head[0] if head is not None and head[0] in RESULT_KEYS else None
     if key is None:
         raise DataError(f"{path}: no {' / '.join(RESULT_KEYS)} in the report (run `pgolf eval` first)")
     config = rep.get("config")
@@ -215,6 +228,58 @@ def read_seed_result(item: str) -> SeedResult:
     compliant = rep.get("peer_compliant") if key == "val_bpb_ttt_ensemble" else None
     return SeedResult(str(path), float(rep[key]), key, config_hash(config) if isinstance(config, dict) else None,
                       nats_per_bpb, compliant)
+
+
+def _log_result(path: Path) -> SeedResult:
+    log = read_log(path)
+    stage, bpb = log.score
+    return SeedResult(str(path), bpb, f"log {stage}", log.config_hash or None, log.nats_per_bpb, None)
+
+
+def _record_results(folder: Path) -> list[SeedResult]:
+    """A record folder's per-seed figures: pgolf's per-seed reports, else the text logs, else what
+    submission.json publishes (seed_results, or only its val_bpb mean)."""
+    reports = ([folder / "report.json"] if (folder / "report.json").exists() else
+               sorted(d / "report.json" for d in folder.iterdir() if d.is_dir() and (d / "report.json").exists()))
+    if reports:
+        return [read_seed_result(str(p)) for p in reports]
+    logs = record_logs(folder)
+    if logs:
+        return [_log_result(p) for p in logs]
+    path = folder / "submission.json"
+    try:
+        sub = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not readable JSON ({e})") from None
+    per = sub.get("seed_results") if isinstance(sub, dict) else None
+    if isinstance(per, dict) and per:
+        out = []
+        for seed, row in per.items():
+            bpb = row.get("val_bpb") if isinstance(row, dict) else None
+            if not isinstance(bpb, (int, float)):
+                raise DataError(f"{path}: seed_results[{seed}] has no val_bpb")
+            out.append(SeedResult(f"{path} seed {seed}", float(bpb), "submission seed_results", None, None, None))
+        return out
+    if isinstance(sub, dict) and isinstance(sub.get("val_bpb"), (int, float)):
+        return [SeedResult(f"{path} val_bpb", float(sub["val_bpb"]), "submission val_bpb", None, None, None)]
+    raise DataError(f"{path}: no logs, no seed_results and no val_bpb to read")
+
+
+def read_results(item: str) -> list[SeedResult]:
+    """The per-seed figures one argument stands for: a number, a report.json or run directory, a record
+    folder (or its submission.json), or a text log."""
+    path = Path(item)
+    if path.is_file() and path.name == "submission.json":
+        path = path.parent
+    if path.is_dir() and (path / "submission.json").exists():
+        return _record_results(path)
+    if path.is_file() and path.suffix in (".log", ".txt"):
+        return [_log_result(path)]
+    return [read_seed_result(item)]
+
+
+def read_groups(items: list[str]) -> list[SeedResult]:
+    return [r for item in items for r in read_results(item)]
 
 
 def check_group(name: str, results: list[SeedResult]) -> None:
@@ -287,4 +352,53 @@ def format_verdict(candidate: list[SeedResult], baseline: list[SeedResult], v: V
         lines.append("NOTE: candidate seeds used the 'pr2139' peer ensemble, which is NOT compliant (C1, C4)")
     if any(r.config_hash is None and r.key for r in candidate + baseline):
         lines.append("NOTE: some reports carry no config, so their same-config check was skipped")
+    paired = maintainers_test(candidate, baseline)
+    lines.append(f"maintainers' test ({MAINTAINERS_TEST}): "
+                 + (f"t={paired.t:.4f} df={paired.df:.0f} p={paired.p_value:.4g}" if paired
+                    else "n/a (needs two groups of equal size >= 2)"))
     return "\n".join(lines)
+
+
+def maintainers_test(candidate: list[SeedResult], baseline: list[SeedResult]) -> TTest | None:
+    if len(candidate) != len(baseline) or len(candidate) < 2:
+        return None
+    return paired_t_test([r.bpb for r in candidate], [r.bpb for r in baseline])
+
+
+def comparison(candidate: list[SeedResult], baseline: list[SeedResult], baseline_name: str,
+               min_delta_nats: float = 0.005) -> dict:
+    """What a record states about its baseline: the delta in bpb and nats, the p-values, the bar and the tests.
+
+    With one candidate seed there is no t-test; the delta is still stated and the p-value is None."""
+    check_group("baseline", baseline)
+    mean_c = math.fsum(r.bpb for r in candidate) / len(candidate)
+    mean_b = math.fsum(r.bpb for r in baseline) / len(baseline)
+    out: dict = {"baseline": baseline_name, "baseline_val_bpb": mean_b, "baseline_seeds": len(baseline),
+                 "delta_bpb": mean_c - mean_b, "bar": BAR, "test": VERDICT_TEST}
+    if len(candidate) < 2:
+        known = [r.nats_per_bpb for r in candidate + baseline if r.nats_per_bpb is not None]
+        npb = math.fsum(known) / len(known) if known else RECORD_NATS_PER_BPB
+        out.update(delta_nats=(mean_c - mean_b) * npb, p_value=None, p_value_bar=None, passes_bar=False,
+                   note="one seed: a t-test needs at least 2")
+        return out
+    v = decide(candidate, baseline, min_delta_nats)
+    paired = maintainers_test(candidate, baseline)
+    out.update(delta_nats=v.delta_nats, p_value=v.test.p_value, p_value_bar=v.strict.p_value,
+               passes_bar=v.passes_strict, passes_practice=v.passes_practice,
+               maintainers_test=MAINTAINERS_TEST, maintainers_p_value=paired.p_value if paired else None)
+    return out
+
+
+def comparison_lines(c: dict) -> list[str]:
+    """The comparison in words: delta, p-values, the bar and the tests, one line each."""
+    p = "n/a" if c["p_value"] is None else f"{c['p_value']:.4g}"
+    pb = "n/a" if c["p_value_bar"] is None else f"{c['p_value_bar']:.4g}"
+    lines = [f"baseline {c['baseline']}: val_bpb {c['baseline_val_bpb']:.8f} ({c['baseline_seeds']} seed(s))",
+             f"delta {c['delta_bpb']:+.8f} bpb = {c['delta_nats']:+.6f} nats; p={p} (lower), p={pb} (>= 0.005 nats "
+             f"better)",
+             f"bar: {c['bar']}: {'PASS' if c['passes_bar'] else 'FAIL'} ({c['test']})"]
+    if c.get("maintainers_p_value") is not None:
+        lines.append(f"maintainers' test: {c['maintainers_test']}: p={c['maintainers_p_value']:.4g}")
+    if c.get("note"):
+        lines.append(f"note: {c['note']}")
+    return lines
