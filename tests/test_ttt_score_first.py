@@ -20,9 +20,12 @@ DOC_TARGETS = [4, 7, 10, 15, 21, 30, 9, 5]
 
 
 def small_cfg(tiny_cfg, **ttt):
-    """Tiny model; windows of 16 so the 30-target doc slides; batches of 3 (the last one partial)."""
+    """Tiny model; windows of 16 so the 30-target doc slides; batches of 3 (the last one partial).
+
+    One virtual rank: one process scores every batch in queue order, as #2139 did on one GPU."""
     base = {"eval_seq_len": 16, "batch_size": 3, "chunk_size": 8, "short_chunk_steps": [[8, 2], [16, 4]],
-            "lora_lr": 0.01, "phased_prefix_docs": 0, "peer_mode": "off", "global_chunk_tokens": 32}
+            "lora_lr": 0.01, "phased_prefix_docs": 0, "peer_mode": "off", "global_chunk_tokens": 32,
+            "virtual_ranks": 1}
     base.update(ttt)
     return tiny_cfg.replace({f"ttt.{k}": v for k, v in base.items()})
 
@@ -236,7 +239,7 @@ def _free_port() -> int:
 
 def _gloo_cfg(tiny_cfg):
     return small_cfg(tiny_cfg, lora_lr=0.0, phased_prefix_docs=2, global_lr=0.05, global_chunk_tokens=32,
-                     peer_mode="causal")
+                     peer_mode="causal", schedule="dynamic")
 
 
 def _gloo_worker(rank: int, world: int, port: int, out_dir: str) -> None:
