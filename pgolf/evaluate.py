@@ -237,6 +237,9 @@ def ttt_phase(model, val, cfg: RunConfig, log, prequant: bool = False, *, dump: 
     log.info(f"ttt_phased: total_docs:{len(val.docs)} prefix_docs:{t.phased_prefix_docs} "
              f"num_phases:{t.phased_num_phases} target_tokens:{val.num_targets} peer_mode:{t.peer_mode} "
              f"peer_k:{t.peer_k} conf_thresh:{t.peer_conf_threshold} blend_w:{t.peer_blend_w}")
+    ranks = t.virtual_ranks if t.schedule == "static" else get_dist().world_size
+    log.info(f"ttt_schedule:{t.schedule} virtual_ranks:{ranks}" + (
+        "" if t.schedule == "static" else " (work stealing: the score depends on the process count and on timing)"))
     log.info("\nbeginning TTT eval timer")
     res = run_ttt(model, val, cfg, dump=dump, log=log)
     secs = res.phase_seconds
@@ -265,7 +268,7 @@ def ttt_phase(model, val, cfg: RunConfig, log, prequant: bool = False, *, dump: 
         log.info(f"NON-COMPLIANT: the {label} figure above uses the '{t.peer_mode}' peer ensemble")
     fields = {"val_bpb_ttt": res.own.bpb(), "val_loss_ttt": res.own.loss(),
               "val_bpb_ttt_ensemble": res.ensemble.bpb(), "val_loss_ttt_ensemble": res.ensemble.loss(),
-              "ttt_headline": res.headline()[0],
+              "ttt_headline": res.headline()[0], "ttt_schedule": res.schedule, "ttt_virtual_ranks": res.virtual_ranks,
               "peer_mode": t.peer_mode, "peer_k": t.peer_k, "peer_compliant": res.compliant,
               "route_fraction": res.route_fraction if res.peers_on else 0.0,
               "coverage_tokens": res.coverage_tokens if res.peers_on else 0, "target_tokens": res.target_tokens,

@@ -345,10 +345,11 @@ def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool
                         log.event("ttt_batch", queue_idx=qi, batch=queue[qi].batch_idx, docs=len(queue[qi].docs),
                                   max_len=queue[qi].max_len, rank=v, own_bpb=run.own.bpb(),
                                   elapsed_s=time.perf_counter() - t_start)
-                # The segment ends at a pause (adapters are rebuilt with fresh A and peers dropped for the
-                # adapted base) or at the end: this rank's adapters are done either way; free them now.
+                # This rank's adapters are done: a pause rebuilds them with fresh A (and drops the peers) for the
+                # adapted base. Freed now, so a process running many virtual ranks holds one set at a time.
                 run.reusable = None
-                run.ensemble.base_changed()
+                if seg < len(pauses):
+                    run.ensemble.base_changed()
             if seg < len(pauses):
                 barrier()
                 t0 = time.perf_counter()
