@@ -130,7 +130,4 @@ def gather_ranks(block: torch.Tensor) -> torch.Tensor:
 
 def ordered_sum(rows: torch.Tensor) -> torch.Tensor:
     """rows[0] + rows[1] + ... added left to right: one fixed order, so the bits do not depend on who held which row."""
-    out = rows[0].clone()
-    for row in rows[1:]:
-        out += row
-    return out
+    return sum(rows[1:], rows[0])

@@ -10,9 +10,12 @@ batches are dealt to N virtual ranks by one rule:
 This is greedy longest-first balancing: the queue is already longest first, so
 the big batches are spread first and the many short ones fill the gaps. A
 segment ends at a pause, which every rank waits for, so each segment is
-balanced on its own. On the record's validation set this leaves the slowest of
-8 virtual ranks within 0.1% of the mean scored tokens, where round-robin by
-batch index leaves it 3.7% above (bench/ttt_schedule_balance.py).
+balanced on its own. On the record's validation set (rebuilt from its log) the
+busiest of 8 virtual ranks scores 0.4% more tokens than the mean (1.2% before
+the pause, 0.03% after), where round-robin by batch index gives 10.8% (33.6%
+before the pause); bench/ttt_schedule_balance.py. With fewer batches than a few
+per rank (the `cpu` preset: 13 batches on 8 ranks) no rule balances: the
+largest batch alone exceeds the mean.
 
 The assignment depends only on the documents' lengths, the batch size, the
 pause points and N, so it is the same on 1, 2 or 8 processes; each virtual
