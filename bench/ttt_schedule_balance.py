@@ -6,12 +6,14 @@ by three rules, and each rank's load is reported against the mean:
 
 - `round_robin`: queue batch i of the segment to rank i mod N;
 - `snake`: round-robin that reverses direction every N batches;
-- `greedy` (pgolf's, `pgolf.ttt.rank_schedule.assign_batches`): each batch, in
-  queue order, to the rank with the fewest scored tokens so far.
+- `greedy_tokens`: each batch, in queue order, to the rank with the fewest
+  scored tokens so far;
+- `greedy_window` (pgolf's, `pgolf.ttt.rank_schedule`): the same with the
+  fewest window tokens so far.
 
-Loads: `tokens` (scored targets, what the rule balances) and `forward_tokens`
-(sum over chunks of rows x window width: what the forwards process, a proxy for
-time). Document sets:
+Loads: `tokens` (scored targets) and `forward_tokens` (window tokens: rows x
+window width summed over the chunk forwards, what the forwards process, a
+proxy for time; `rank_schedule.window_tokens`). Document sets:
 
 - `record_val`: the real validation set (50,000 documents, 47,853,343 targets),
   rebuilt from #2139's log (`bench/data/seed42_rank0_batch_lengths.txt`: the
@@ -42,7 +44,7 @@ import torch
 
 from pgolf.config import load_preset
 from pgolf.ttt.global_sgd import pause_points, phase_boundaries
-from pgolf.ttt.rank_schedule import assign_batches
+from pgolf.ttt.rank_schedule import assign_batches, window_tokens
 from pgolf.ttt.windows import build_queue, chunk_size_for, num_chunks
 
 HERE = Path(__file__).resolve().parent
@@ -86,14 +88,15 @@ def batch_loads(batch, ttt) -> tuple[int, int]:
     chunk = chunk_size_for(batch.max_len, ttt)
     ncs = [num_chunks(d.pred_len, chunk) for d in batch.docs]
     forward = sum(sum(ci < n for n in ncs) * min((ci + 1) * chunk, ttt.eval_seq_len) for ci in range(max(ncs)))
+    assert forward == window_tokens(batch, ttt)  # the closed form the schedule uses
     return sum(d.pred_len for d in batch.docs), forward
 
 
-def deal(rule: str, costs: list[int], n: int) -> list[list[int]]:
-    if rule == "greedy":
-        return assign_batches(costs, n)
+def deal(rule: str, loads: list[tuple[int, int]], n: int) -> list[list[int]]:
+    if rule.startswith("greedy"):
+        return assign_batches([lo[rule == "greedy_window"] for lo in loads], n)
     out: list[list[int]] = [[] for _ in range(n)]
-    for i in range(len(costs)):
+    for i in range(len(loads)):
         r = i % n
         out[r if rule == "round_robin" or (i // n) % 2 == 0 else n - 1 - r].append(i)
     return out
@@ -108,13 +111,13 @@ def balance(name: str, doc_lengths: list[int], ttt, n: int) -> list[dict]:
     ends = [nb for nb, _ in pause_points([len(b.docs) for b in queue], bounds, n)] + [len(queue)]
     loads = [batch_loads(b, ttt) for b in queue]
     out = []
-    for rule in ("round_robin", "snake", "greedy"):
+    for rule in ("round_robin", "snake", "greedy_tokens", "greedy_window"):
         per_rank = {"tokens": [0] * n, "forward_tokens": [0] * n}
         segments = []
         lo = 0
         for hi in ends:
             seg = {"tokens": [0] * n, "forward_tokens": [0] * n}
-            for r, rows in enumerate(deal(rule, [t for t, _ in loads[lo:hi]], n)):
+            for r, rows in enumerate(deal(rule, loads[lo:hi], n)):
                 for i in rows:
                     for k, v in zip(("tokens", "forward_tokens"), loads[lo + i]):
                         seg[k][r] += v

@@ -60,7 +60,7 @@ from pgolf.distributed import all_reduce_sum, barrier, gather_ranks, get_dist, o
 from pgolf.ttt.global_sgd import pause_points, phase_boundaries, run_global_sgd, sgd_stream
 from pgolf.ttt.lora import BatchedLoRA, FrozenLoRA
 from pgolf.ttt.peer_modes import make_ensemble
-from pgolf.ttt.rank_schedule import assign_batches
+from pgolf.ttt.rank_schedule import assign_batches, window_tokens
 from pgolf.ttt.windows import (DocSpan, TTTBatch, Windows, build_queue, build_windows, chunk_size_for, chunk_span,
                                num_chunks, score_windows)
 
@@ -334,7 +334,7 @@ def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool
         ends = [nb for nb, _ in pauses] + [len(queue)]
         for seg, hi in enumerate(ends):
             if static:
-                plan = assign_batches([sum(d.pred_len for d in b.docs) for b in queue[lo:hi]], t.virtual_ranks)
+                plan = assign_batches([window_tokens(b, t) for b in queue[lo:hi]], t.virtual_ranks)
                 work = [(run, [lo + i for i in plan[v]]) for v, run in zip(vranks, runs)]
             else:
                 work = [(runs[0], iter(lambda: claimer.next(seg, lo, hi), None))]
