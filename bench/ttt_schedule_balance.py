@@ -87,7 +87,8 @@ def batch_loads(batch, ttt) -> tuple[int, int]:
     """(scored targets, forward tokens = sum over chunks of active rows x window width) of one batch."""
     chunk = chunk_size_for(batch.max_len, ttt)
     ncs = [num_chunks(d.pred_len, chunk) for d in batch.docs]
-    forward = sum(sum(ci < n for n in ncs) * min((ci + 1) * chunk, ttt.eval_seq_len) for ci in range(max(ncs)))
+    widest = batch.max_len - 1  # the padded forward of chunk ci is as wide as its widest window
+    forward = sum(sum(ci < n for n in ncs) * min((ci + 1) * chunk, widest, ttt.eval_seq_len) for ci in range(max(ncs)))
     assert forward == window_tokens(batch, ttt)  # the closed form the schedule uses
     return sum(d.pred_len for d in batch.docs), forward
 

@@ -141,3 +141,18 @@ def test_bad_schedule_and_indivisible_rank_counts_are_config_errors(monkeypatch)
     cfg = case_cfg({})
     with pytest.raises(ConfigError, match="not a multiple of the 3 processes"):
         run_ttt(fresh_model(cfg), synthetic_val(DOC_TARGETS, cfg.model.vocab_size), cfg)
+
+
+def test_window_tokens_are_what_the_chunk_forwards_process(monkeypatch):
+    """The schedule's cost of a batch equals rows x width of every own-score forward the loop runs for it."""
+    from pgolf.ttt import score_first
+    from pgolf.ttt.rank_schedule import window_tokens
+
+    cfg = case_cfg({"peer_mode": "off"}, virtual_ranks=1)
+    val = synthetic_val(DOC_TARGETS, cfg.model.vocab_size, seed=3)
+    seen = []
+    real = score_first.score_windows
+    monkeypatch.setattr(score_first, "score_windows",
+                        lambda fwd, lora, w, *a, **k: seen.append(w.x.numel()) or real(fwd, lora, w, *a, **k))
+    run_ttt(fresh_model(cfg), val, cfg)
+    assert sum(seen) == sum(window_tokens(b, cfg.ttt) for b in build_queue(val.docs, cfg.ttt.batch_size))

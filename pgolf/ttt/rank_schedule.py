@@ -37,13 +37,18 @@ from pgolf.ttt.windows import TTTBatch, chunk_size_for, num_chunks
 
 
 def window_tokens(batch: TTTBatch, ttt: TTTConfig) -> int:
-    """Tokens the batch's chunk forwards process: per document, chunk ci runs a window of min((ci+1)C, W)."""
-    c, w = chunk_size_for(batch.max_len, ttt), ttt.eval_seq_len
+    """Tokens the batch's chunk forwards process: rows x width, where chunk ci of the batch is min((ci+1)C, P, W) wide.
+
+    (P: the longest document's targets, whose last chunk ends at P; W: the window.) Per document that is
+    C + 2C + ... up to W, then W per chunk, with the longest documents' last chunk at min(P, W).
+    """
+    c, w, p = chunk_size_for(batch.max_len, ttt), ttt.eval_seq_len, batch.max_len - 1
+    top = num_chunks(p, c)
     total = 0
     for d in batch.docs:
         n = num_chunks(d.pred_len, c)
         k = min(n, w // c)  # chunks whose window still starts at the document's start
-        total += c * k * (k + 1) // 2 + (n - k) * w
+        total += c * k * (k + 1) // 2 + (n - k) * w - (n == top) * (min(n * c, w) - min(p, w))
     return total
 
 
