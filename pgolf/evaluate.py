@@ -237,9 +237,6 @@ def ttt_phase(model, val, cfg: RunConfig, log, prequant: bool = False, *, dump: 
     log.info(f"ttt_phased: total_docs:{len(val.docs)} prefix_docs:{t.phased_prefix_docs} "
              f"num_phases:{t.phased_num_phases} target_tokens:{val.num_targets} peer_mode:{t.peer_mode} "
              f"peer_k:{t.peer_k} conf_thresh:{t.peer_conf_threshold} blend_w:{t.peer_blend_w}")
-    # dynamic: work stealing, so the score depends on the process count (and on timing)
-    ranks = t.virtual_ranks if t.schedule == "static" else get_dist().world_size
-    log.info(f"ttt_schedule:{t.schedule} virtual_ranks:{ranks}")
     log.info("\nbeginning TTT eval timer")
     res = run_ttt(model, val, cfg, dump=dump, log=log)
     secs = res.phase_seconds
@@ -249,6 +246,8 @@ def ttt_phase(model, val, cfg: RunConfig, log, prequant: bool = False, *, dump: 
     timer_s = secs.get("eval_s", 0.0) + secs.get("global_sgd_s", 0.0)
     phases = {"ttt_compile_warmup_s": secs.get("compile_warmup_s", 0.0), "ttt_eval_s": secs.get("eval_s", 0.0),
               "ttt_global_sgd_s": secs.get("global_sgd_s", 0.0)}
+    # dynamic: work stealing, so the score depends on the process count (and on timing)
+    log.info(f"ttt_schedule:{res.schedule} virtual_ranks:{res.virtual_ranks}")
     log.info(f"peer_ens:coverage_tokens:{res.coverage_tokens if res.peers_on else 0}/{res.target_tokens} "
              f"batches:{res.num_batches}")
     if res.peers_scored:

@@ -259,23 +259,17 @@ def _gloo_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     distributed.cleanup()
 
 
-def test_two_gloo_ranks_share_the_queue_and_match_one_process(tiny_cfg, tmp_path, monkeypatch):
+def test_two_gloo_ranks_share_the_queue_and_match_one_process(tiny_cfg, tmp_path):
     """Zero LoRA LR makes every batch rank-independent; global SGD averages gradients over ranks.
 
     The pause depends on the number of ranks (each finishes its in-flight batch), so the one-process
-    reference pauses where two ranks do: after the second queue batch, where one rank alone pauses after
-    the first."""
-    import dataclasses
-
+    reference is the static schedule over 2 virtual ranks: it pauses where two ranks do, after the second
+    queue batch (one rank alone pauses after the first), and splits global SGD's sequences as they do."""
     import torch.multiprocessing as mp
-
-    from pgolf.ttt import score_first
 
     cfg = _gloo_cfg(tiny_cfg)
     val = synthetic_val(DOC_TARGETS, cfg.model.vocab_size, seed=2)
-    one = score_first.get_dist()
-    monkeypatch.setattr(score_first, "get_dist", lambda: dataclasses.replace(one, world_size=2))
-    ref = run_ttt(fresh_model(cfg), val, cfg)
+    ref = run_ttt(fresh_model(cfg), val, cfg.replace({"ttt.schedule": "static", "ttt.virtual_ranks": 2}))
     assert ref.num_global_phases == 1
     mp.spawn(_gloo_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):

@@ -39,7 +39,8 @@ Under the static schedule the ranks are the N virtual ranks: each computes
 the gradient of its own share of sequences, and the N gradients are gathered
 and added in virtual-rank order (`distributed.ordered_sum`), on one process as
 on eight, so the adapted base is the same bits whatever the process count.
-The dynamic schedule all-reduces over the real ranks, as the record did.
+Under the dynamic schedule the ranks are the processes (the record
+all-reduced; the gather and the fixed order give the same average).
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ from torch import nn
 
 from pgolf.config import TTTConfig
 from pgolf.device import policy_for
-from pgolf.distributed import all_reduce_sum, gather_ranks, get_dist, ordered_sum, virtual_ranks_here
+from pgolf.distributed import gather_ranks, ordered_sum
 from pgolf.loader import build_cu_seqlens
+from pgolf.ttt.rank_schedule import ranks_here
 
 
 def phase_boundaries(prefix_docs: int, num_phases: int, total_docs: int) -> list[int]:
@@ -113,7 +115,6 @@ def run_global_sgd(model: nn.Module, stream: torch.Tensor, cfg: TTTConfig, *,
     (a rank without sequences contributes zeros). `autocast` defaults to the device policy's.
     """
     t0 = time.perf_counter()
-    d = get_dist()
     device = next(model.parameters()).device
     autocast = autocast or policy_for(device).autocast
     seq_len = cfg.eval_seq_len
@@ -125,9 +126,7 @@ def run_global_sgd(model: nn.Module, stream: torch.Tensor, cfg: TTTConfig, *,
         p.requires_grad_(True)
     opt = torch.optim.SGD(params, lr=cfg.global_lr, momentum=cfg.global_momentum, weight_decay=0.0)
     num_steps = 0
-    static = cfg.schedule == "static"
-    num_ranks = cfg.virtual_ranks if static else d.world_size
-    here = virtual_ranks_here(num_ranks) if static else [d.rank]
+    num_ranks, here = ranks_here(cfg)
     model.train()
     try:
         for ci in range(num_chunks - 1):  # the last chunk is skipped
@@ -154,13 +153,8 @@ def run_global_sgd(model: nn.Module, stream: torch.Tensor, cfg: TTTConfig, *,
                                          max_seqlen=max_len)
                         loss.backward()
                     grads.append([torch.zeros_like(p) if p.grad is None else p.grad for p in params])
-                for i, p in enumerate(params):
-                    if static:  # the virtual ranks' gradients, added in rank order
-                        p.grad = ordered_sum(gather_ranks(torch.stack([g[i] for g in grads]))).div_(num_ranks)
-                    else:
-                        p.grad = grads[0][i]
-                        if d.world_size > 1:
-                            all_reduce_sum(p.grad).div_(d.world_size)
+                for i, p in enumerate(params):  # the (virtual) ranks' gradients, added in rank order
+                    p.grad = ordered_sum(gather_ranks(torch.stack([g[i] for g in grads]))).div_(num_ranks)
                 if cfg.global_grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.global_grad_clip)
                 opt.step()

@@ -33,7 +33,15 @@ from __future__ import annotations
 from typing import Sequence
 
 from pgolf.config import TTTConfig
+from pgolf.distributed import get_dist, virtual_ranks_here
 from pgolf.ttt.windows import TTTBatch, chunk_size_for, num_chunks
+
+
+def ranks_here(ttt: TTTConfig) -> tuple[int, Sequence[int]]:
+    """(ranks the result is a function of, those this process runs): N virtual ranks, or the processes (dynamic)."""
+    if ttt.schedule == "static":
+        return ttt.virtual_ranks, virtual_ranks_here(ttt.virtual_ranks)
+    return get_dist().world_size, [get_dist().rank]
 
 
 def window_tokens(batch: TTTBatch, ttt: TTTConfig) -> int:

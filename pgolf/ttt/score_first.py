@@ -56,11 +56,11 @@ import torch.distributed as dist
 from pgolf.bpb import BpbMeter
 from pgolf.config import RunConfig
 from pgolf.device import policy_for
-from pgolf.distributed import all_reduce_sum, barrier, gather_ranks, get_dist, ordered_sum, sync, virtual_ranks_here
+from pgolf.distributed import all_reduce_sum, barrier, gather_ranks, get_dist, ordered_sum, sync
 from pgolf.ttt.global_sgd import pause_points, phase_boundaries, run_global_sgd, sgd_stream
 from pgolf.ttt.lora import BatchedLoRA, FrozenLoRA
 from pgolf.ttt.peer_modes import make_ensemble
-from pgolf.ttt.rank_schedule import assign_batches, window_tokens
+from pgolf.ttt.rank_schedule import assign_batches, ranks_here, window_tokens
 from pgolf.ttt.windows import (DocSpan, TTTBatch, Windows, build_queue, build_windows, chunk_size_for, chunk_span,
                                num_chunks, score_windows)
 
@@ -304,12 +304,10 @@ def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool
     """
     t = cfg.ttt
     t_start = time.perf_counter()
-    static = t.schedule == "static"
     queue = build_queue(val.docs, t.batch_size)
     boundaries = phase_boundaries(t.phased_prefix_docs, t.phased_num_phases, sum(len(b.docs) for b in queue))
-    num_ranks = t.virtual_ranks if static else get_dist().world_size
+    num_ranks, vranks = ranks_here(t)
     pauses = pause_points([len(b.docs) for b in queue], boundaries, num_ranks)
-    vranks = virtual_ranks_here(t.virtual_ranks) if static else [get_dist().rank]
     if pauses:
         model = copy.deepcopy(model)
     flags = [p.requires_grad for p in model.parameters()]
@@ -333,7 +331,7 @@ def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool
         lo = 0
         ends = [nb for nb, _ in pauses] + [len(queue)]
         for seg, hi in enumerate(ends):
-            if static:
+            if t.schedule == "static":
                 plan = assign_batches([window_tokens(b, t) for b in queue[lo:hi]], t.virtual_ranks)
                 work = [(run, [lo + i for i in plan[v]]) for v, run in zip(vranks, runs)]
             else:
