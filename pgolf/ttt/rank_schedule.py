@@ -15,7 +15,7 @@ segment ends at a pause, which every rank waits for, so each segment is
 balanced on its own. Window tokens, not scored tokens, because a long
 document's chunk runs a full window per few scored targets: balancing scored
 tokens leaves, on the record's validation set (rebuilt from its log), the
-busiest of 8 ranks with 10.6% more window tokens than the mean before the
+busiest of 8 ranks with 10.7% more window tokens than the mean before the
 pause; balancing window tokens leaves 0.4% there, 0.0% after it, and the
 busiest rank's scored tokens 1.4% above the mean over the run
 (bench/ttt_schedule_balance.py). With only a few batches per rank (the `cpu`
