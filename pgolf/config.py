@@ -290,6 +290,11 @@ class TTTConfig:
     """Weight of the own probability in the blend."""
     peer_seed: int = 42
     """Seeds the peer draw (seed * 1013 + batch index), as #2139 did."""
+    schedule: str = "static"
+    """static: batches go to `virtual_ranks` virtual ranks by a fixed rule, so the score is the same on any
+    number of processes dividing it; dynamic: ranks claim batches as they free up (#2139; depends on timing)."""
+    virtual_ranks: int = 8
+    """Virtual ranks of the static schedule (8: the record's GPUs); the process count must divide it."""
 
     def __post_init__(self) -> None:
         s = "ttt"
@@ -310,6 +315,8 @@ class TTTConfig:
         _check(self.phased_num_phases >= 0 and self.phased_prefix_docs >= 0, s, "phased_num_phases",
                "phases and prefix docs must be >= 0")
         _check(self.grad_steps >= 1, s, "grad_steps", "must be >= 1")
+        _check(self.schedule in ("static", "dynamic"), s, "schedule", f"static|dynamic, got {self.schedule!r}")
+        _check(self.virtual_ranks >= 1, s, "virtual_ranks", "must be >= 1")
 
     @property
     def lora_sites(self) -> tuple[str, ...]:

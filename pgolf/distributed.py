@@ -4,6 +4,12 @@
 LOCAL_RANK). Without it we run as a world of one and never create a process
 group, so every call below degenerates to a no-op: tests and laptops exercise
 the same code path as 8 GPUs. Backend: NCCL on CUDA, gloo on CPU.
+
+Virtual ranks (the static TTT schedule): N virtual ranks run on the real
+ranks in contiguous blocks, and every reduction over them is `gather_ranks`
+followed by `ordered_sum`, so the additions happen in virtual-rank order
+whatever the number of processes; an all-reduce would add in an order that
+depends on the process count (and on the collective's algorithm).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from pgolf.device import default_device
+from pgolf.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -101,3 +108,26 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
+
+
+def virtual_ranks_here(num_virtual: int) -> range:
+    """The block of virtual ranks this process runs: rank r of R runs [r*N/R, (r+1)*N/R)."""
+    d = get_dist()
+    if num_virtual % d.world_size:
+        raise ConfigError(f"ttt.virtual_ranks={num_virtual} is not a multiple of the {d.world_size} processes")
+    k = num_virtual // d.world_size
+    return range(d.rank * k, (d.rank + 1) * k)
+
+
+def gather_ranks(block: torch.Tensor) -> torch.Tensor:
+    """Every rank's `block` (same shape everywhere) concatenated along dim 0 in rank order; `block` on one process."""
+    if not dist.is_initialized():
+        return block
+    parts = [torch.empty_like(block) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, block.contiguous())
+    return torch.cat(parts)
+
+
+def ordered_sum(rows: torch.Tensor) -> torch.Tensor:
+    """rows[0] + rows[1] + ... added left to right: one fixed order, so the bits do not depend on who held which row."""
+    return sum(rows[1:], rows[0])

@@ -246,6 +246,8 @@ def ttt_phase(model, val, cfg: RunConfig, log, prequant: bool = False, *, dump: 
     timer_s = secs.get("eval_s", 0.0) + secs.get("global_sgd_s", 0.0)
     phases = {"ttt_compile_warmup_s": secs.get("compile_warmup_s", 0.0), "ttt_eval_s": secs.get("eval_s", 0.0),
               "ttt_global_sgd_s": secs.get("global_sgd_s", 0.0)}
+    # dynamic: work stealing, so the score depends on the process count (and on timing)
+    log.info(f"ttt_schedule:{res.schedule} virtual_ranks:{res.virtual_ranks}")
     log.info(f"peer_ens:coverage_tokens:{res.coverage_tokens if res.peers_on else 0}/{res.target_tokens} "
              f"batches:{res.num_batches}")
     if res.peers_scored:
@@ -265,7 +267,7 @@ def ttt_phase(model, val, cfg: RunConfig, log, prequant: bool = False, *, dump: 
         log.info(f"NON-COMPLIANT: the {label} figure above uses the '{t.peer_mode}' peer ensemble")
     fields = {"val_bpb_ttt": res.own.bpb(), "val_loss_ttt": res.own.loss(),
               "val_bpb_ttt_ensemble": res.ensemble.bpb(), "val_loss_ttt_ensemble": res.ensemble.loss(),
-              "ttt_headline": res.headline()[0],
+              "ttt_headline": res.headline()[0], "ttt_schedule": res.schedule, "ttt_virtual_ranks": res.virtual_ranks,
               "peer_mode": t.peer_mode, "peer_k": t.peer_k, "peer_compliant": res.compliant,
               "route_fraction": res.route_fraction if res.peers_on else 0.0,
               "coverage_tokens": res.coverage_tokens if res.peers_on else 0, "target_tokens": res.target_tokens,

@@ -151,6 +151,8 @@ class Report:
     val_bpb_ttt_ensemble: float | None = None    # TTT with the peer ensemble (or own-only when it is off)
     val_loss_ttt_ensemble: float | None = None
     ttt_headline: str | None = None              # "ensemble" or "own": which TTT figure is the score
+    ttt_schedule: str | None = None              # "static" (reproducible) or "dynamic" (#2139's work stealing)
+    ttt_virtual_ranks: int | None = None         # the ranks the TTT score is a function of (dynamic: processes)
     peer_mode: str | None = None
     peer_k: int | None = None
     peer_compliant: bool | None = None

@@ -82,7 +82,7 @@ def make_run(root: Path, name: str = "run", *, seed: int = 1, data: Path | None 
         "val_bpb_ttt": bpb + 0.001, "val_loss_ttt": ttt_loss + 0.001,
         "val_bpb_ttt_ensemble": bpb, "val_loss_ttt_ensemble": ttt_loss,
         "peer_mode": "causal", "peer_k": 2, "peer_compliant": True, "coverage_tokens": TARGETS,
-        "target_tokens": TARGETS, "target_bytes": 4_000, "ttt_eval_time_s": 420.0,
+        "ttt_schedule": "static", "ttt_virtual_ranks": 8, "target_tokens": TARGETS, "target_bytes": 4_000, "ttt_eval_time_s": 420.0,
         "data_dir": str(data), "data_manifest_sha256": hashlib.sha256((data / "manifest.json").read_bytes()).hexdigest(),
         "phase_seconds": {"train_setup": 1.0, "compile_warmup": 0.0, "train": 500.0, "calibration": 3.0,
                           "eval_load_s": 2.0, "eval_diagnostic_s": 1.0, "ttt_compile_warmup_s": 0.0,
@@ -141,8 +141,8 @@ def test_clean_run_passes_every_check(tmp_path, capsys):
     assert [c for c in checks if c.status != PASS] == []
     names = {c.name for c in checks}
     assert {"size.model", "size.code", "size.total", "time.train", "time.eval", "time.untimed",
-            "legality.peer_mode", "legality.coverage", "legality.calibration", "data.manifest",
-            "data.train_shards", "data.val_tokens", "consistency.log", "consistency.config_json",
+            "legality.peer_mode", "legality.coverage", "legality.ttt_schedule", "legality.calibration",
+            "data.manifest", "data.train_shards", "data.val_tokens", "consistency.log", "consistency.config_json",
             "artifact.integrity"} <= names
     total = os.path.getsize(run / "train_gpt.py") + os.path.getsize(run / ARTIFACT_NAME)
     assert f"= {total:,} bytes" in detail(checks, "size.total")
@@ -247,6 +247,16 @@ def test_missing_ttt_is_a_warning(tmp_path):
 
 
 # --------------------------------------------------------------------------- legality
+def test_dynamic_ttt_schedule_is_flagged_not_reproducible(tmp_path):
+    static = make_run(tmp_path, "static")
+    assert "8 virtual ranks" in detail(audit_paths([static]), "legality.ttt_schedule")
+    for name, fields in (("dynamic", {"ttt_schedule": "dynamic", "ttt_virtual_ranks": 2}),
+                         ("unrecorded", {"ttt_schedule": None, "ttt_virtual_ranks": None})):
+        checks = audit_paths([make_run(tmp_path, name, report_set=fields)])
+        assert statuses(checks, "legality.ttt_schedule") == [WARN]
+        assert "not reproducible" in detail(checks, "legality.ttt_schedule")
+
+
 def test_seed_mode_ensemble_fails_legality(tmp_path):
     run = make_run(tmp_path, report_set={"peer_mode": "pr2139", "peer_compliant": False})
     checks = audit_paths([run])

@@ -104,8 +104,10 @@ def test_ttt_causal_covers_every_target(run_dir, tmp_path, capsys):
     assert re.search(r"^peer_ens:ensemble_covered_only val_loss:\d+\.\d{6} val_bpb:\d+\.\d{6}$", out, re.M)
     assert re.search(r"^total_eval_time:\d+\.\d+s$", out, re.M)
     assert "NON-COMPLIANT" not in out
+    assert re.search(r"^ttt_schedule:static virtual_ranks:8$", out, re.M)  # the defaults
     rep = read_report(run_dir)
     assert rep["peer_mode"] == "causal" and rep["peer_compliant"] is True
+    assert rep["ttt_schedule"] == "static" and rep["ttt_virtual_ranks"] == 8
     assert rep["coverage_tokens"] == rep["target_tokens"] > 0
     assert 0.0 <= rep["route_fraction"] <= 1.0
     assert float(m.group(1)) == pytest.approx(rep["val_bpb_ttt_ensemble"], abs=1e-8)

@@ -20,9 +20,12 @@ DOC_TARGETS = [4, 7, 10, 15, 21, 30, 9, 5]
 
 
 def small_cfg(tiny_cfg, **ttt):
-    """Tiny model; windows of 16 so the 30-target doc slides; batches of 3 (the last one partial)."""
+    """Tiny model; windows of 16 so the 30-target doc slides; batches of 3 (the last one partial).
+
+    One virtual rank: one process scores every batch in queue order, as #2139 did on one GPU."""
     base = {"eval_seq_len": 16, "batch_size": 3, "chunk_size": 8, "short_chunk_steps": [[8, 2], [16, 4]],
-            "lora_lr": 0.01, "phased_prefix_docs": 0, "peer_mode": "off", "global_chunk_tokens": 32}
+            "lora_lr": 0.01, "phased_prefix_docs": 0, "peer_mode": "off", "global_chunk_tokens": 32,
+            "virtual_ranks": 1}
     base.update(ttt)
     return tiny_cfg.replace({f"ttt.{k}": v for k, v in base.items()})
 
@@ -236,7 +239,7 @@ def _free_port() -> int:
 
 def _gloo_cfg(tiny_cfg):
     return small_cfg(tiny_cfg, lora_lr=0.0, phased_prefix_docs=2, global_lr=0.05, global_chunk_tokens=32,
-                     peer_mode="causal")
+                     peer_mode="causal", schedule="dynamic")
 
 
 def _gloo_worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -256,23 +259,17 @@ def _gloo_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     distributed.cleanup()
 
 
-def test_two_gloo_ranks_share_the_queue_and_match_one_process(tiny_cfg, tmp_path, monkeypatch):
+def test_two_gloo_ranks_share_the_queue_and_match_one_process(tiny_cfg, tmp_path):
     """Zero LoRA LR makes every batch rank-independent; global SGD averages gradients over ranks.
 
     The pause depends on the number of ranks (each finishes its in-flight batch), so the one-process
-    reference pauses where two ranks do: after the second queue batch, where one rank alone pauses after
-    the first."""
-    import dataclasses
-
+    reference is the static schedule over 2 virtual ranks: it pauses where two ranks do, after the second
+    queue batch (one rank alone pauses after the first), and splits global SGD's sequences as they do."""
     import torch.multiprocessing as mp
-
-    from pgolf.ttt import score_first
 
     cfg = _gloo_cfg(tiny_cfg)
     val = synthetic_val(DOC_TARGETS, cfg.model.vocab_size, seed=2)
-    one = score_first.get_dist()
-    monkeypatch.setattr(score_first, "get_dist", lambda: dataclasses.replace(one, world_size=2))
-    ref = run_ttt(fresh_model(cfg), val, cfg)
+    ref = run_ttt(fresh_model(cfg), val, cfg.replace({"ttt.schedule": "static", "ttt.virtual_ranks": 2}))
     assert ref.num_global_phases == 1
     mp.spawn(_gloo_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):

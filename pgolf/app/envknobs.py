@@ -146,6 +146,8 @@ MAPPED: dict[str, tuple[tuple[str, ...], Callable]] = {
     "TTT_PEER_ENSEMBLE_K": (("ttt.peer_k",), _int),
     "TTT_PEER_CONF_THRESHOLD": (("ttt.peer_conf_threshold",), _float),
     "TTT_PEER_CONF_BLEND_W": (("ttt.peer_blend_w",), _float),
+    # pgolf's own (the seed always stole work): the static schedule and its rank count
+    "TTT_SCHEDULE": (("ttt.schedule",), _str), "TTT_VIRTUAL_RANKS": (("ttt.virtual_ranks",), _int),
 }
 
 # Handled specially in config_from_env: the stages and their largest length / the TTT mask's Q and V bits.

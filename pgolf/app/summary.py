@@ -17,6 +17,7 @@ def summary_table(rep: Report) -> str:
         (f"TTT + ensemble ({rep.peer_mode or '-'}) val_bpb", _fmt(rep.val_bpb_ttt_ensemble, ".5f")),
         ("route fraction", _fmt(rep.route_fraction, ".3f")),
         ("coverage tokens", f"{_fmt(rep.coverage_tokens, 'd')}/{_fmt(rep.target_tokens, 'd')}"),
+        ("TTT schedule (ranks)", f"{rep.ttt_schedule or '-'} ({_fmt(rep.ttt_virtual_ranks, 'd')})"),
         ("artifact bytes (code + model)", _fmt(rep.artifact_bytes, ",d")),
         ("  code bytes", _fmt(rep.code_bytes, ",d")),
         ("  model bytes", _fmt(rep.model_bytes, ",d")),

@@ -237,8 +237,24 @@ def check_legality(view: RunView) -> list[Check]:
                             "target (C4)"))
     else:
         checks.append(Check(PASS, "legality.coverage", who, f"coverage {coverage:,} = target {target:,} tokens"))
+    checks.append(_check_ttt_schedule(view))
     checks.append(_check_calibration(view))
     return checks
+
+
+def _check_ttt_schedule(view: RunView) -> Check:
+    """Static: the TTT score is a function of artifact, data and N; dynamic (or unrecorded): of timing too."""
+    rep, who = view.report, view.label
+    if _num(rep.get("val_bpb_ttt")) is None:
+        return Check(PASS, "legality.ttt_schedule", who, "n/a: no TTT result in report.json")
+    schedule = rep.get("ttt_schedule")
+    ranks = rep.get("ttt_virtual_ranks")
+    if schedule == "static":
+        return Check(PASS, "legality.ttt_schedule", who,
+                     f"static over {ranks} virtual ranks: the same score on any process count dividing {ranks}")
+    return Check(WARN, "legality.ttt_schedule", who,
+                 f"ttt schedule {schedule or 'not recorded (work stealing)'}: batches went to ranks by timing, so "
+                 "the TTT score is not reproducible on another process count; use ttt.schedule=static")
 
 
 def _check_calibration(view: RunView) -> Check:

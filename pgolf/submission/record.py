@@ -107,8 +107,8 @@ def build_submission(report: dict, cfg, sizes: dict, submitter: dict | None = No
                                             "eval_seconds") if k in report})
     per_seed["artifact_bytes"] = sizes["artifact_bytes"]
     sub["seed_results"] = {str(seed): per_seed}
-    for k in ("val_bpb_prequant", "val_bpb_roundtrip", "peer_mode", "peer_compliant", "hardware", "device",
-              "torch_version"):
+    for k in ("val_bpb_prequant", "val_bpb_roundtrip", "peer_mode", "peer_compliant", "ttt_schedule",
+              "ttt_virtual_ranks", "hardware", "device", "torch_version"):
         if k in report:
             sub[k] = report[k]
     if comparison is not None:

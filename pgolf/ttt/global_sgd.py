@@ -34,6 +34,13 @@ cut into chunks of `global_chunk_tokens`; each chunk trains on its
 floor(chunk/eval_seq_len) whole sequences of eval_seq_len tokens (split across
 ranks, packed with a segment at every BOS); cosine LR over the chunks; the last
 chunk is skipped; gradients are averaged over ranks, then clipped.
+
+Under the static schedule the ranks are the N virtual ranks: each computes
+the gradient of its own share of sequences, and the N gradients are gathered
+and added in virtual-rank order (`distributed.ordered_sum`), on one process as
+on eight, so the adapted base is the same bits whatever the process count.
+Under the dynamic schedule the ranks are the processes (the record
+all-reduced; the gather and the fixed order give the same average).
 """
 
 from __future__ import annotations
@@ -49,8 +56,9 @@ from torch import nn
 
 from pgolf.config import TTTConfig
 from pgolf.device import policy_for
-from pgolf.distributed import all_reduce_sum, get_dist
+from pgolf.distributed import gather_ranks, ordered_sum
 from pgolf.loader import build_cu_seqlens
+from pgolf.ttt.rank_schedule import ranks_here
 
 
 def phase_boundaries(prefix_docs: int, num_phases: int, total_docs: int) -> list[int]:
@@ -102,12 +110,11 @@ def run_global_sgd(model: nn.Module, stream: torch.Tensor, cfg: TTTConfig, *,
                    on_step: Callable[[int, int, float], None] | None = None) -> dict:
     """Train every base parameter on `stream` (see the module docstring). Returns counts and seconds.
 
-    Every rank calls this with the same stream; each trains on its share of
-    each chunk's sequences and all ranks all-reduce every gradient every step
+    Every rank calls this with the same stream; each (virtual) rank trains on its
+    share of each chunk's sequences and the gradients are averaged every step
     (a rank without sequences contributes zeros). `autocast` defaults to the device policy's.
     """
     t0 = time.perf_counter()
-    d = get_dist()
     device = next(model.parameters()).device
     autocast = autocast or policy_for(device).autocast
     seq_len = cfg.eval_seq_len
@@ -119,6 +126,7 @@ def run_global_sgd(model: nn.Module, stream: torch.Tensor, cfg: TTTConfig, *,
         p.requires_grad_(True)
     opt = torch.optim.SGD(params, lr=cfg.global_lr, momentum=cfg.global_momentum, weight_decay=0.0)
     num_steps = 0
+    num_ranks, here = ranks_here(cfg)
     model.train()
     try:
         for ci in range(num_chunks - 1):  # the last chunk is skipped
@@ -130,23 +138,23 @@ def run_global_sgd(model: nn.Module, stream: torch.Tensor, cfg: TTTConfig, *,
             lr = cosine_lr(cfg.global_lr, ci, num_chunks)
             for group in opt.param_groups:
                 group["lr"] = lr
-            s0 = lo + (num_seqs * d.rank // d.world_size) * seq_len
-            s1 = lo + (num_seqs * (d.rank + 1) // d.world_size) * seq_len
             for _ in range(cfg.global_epochs):
-                opt.zero_grad(set_to_none=False)
-                if s1 > s0:
-                    x = stream[s0:s1]
-                    y = stream[s0 + 1: s1 + 1]
-                    cu, max_len = build_cu_seqlens(x, seq_len)
-                    with autocast():
-                        loss = model(x.to(device)[None], y.to(device)[None], cu_seqlens=cu.to(device),
-                                     max_seqlen=max_len)
-                    loss.backward()
-                for p in params:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                    if d.world_size > 1:
-                        all_reduce_sum(p.grad).div_(d.world_size)
+                grads = []
+                for v in here:
+                    opt.zero_grad(set_to_none=True)
+                    s0 = lo + (num_seqs * v // num_ranks) * seq_len
+                    s1 = lo + (num_seqs * (v + 1) // num_ranks) * seq_len
+                    if s1 > s0:
+                        x = stream[s0:s1]
+                        y = stream[s0 + 1: s1 + 1]
+                        cu, max_len = build_cu_seqlens(x, seq_len)
+                        with autocast():
+                            loss = model(x.to(device)[None], y.to(device)[None], cu_seqlens=cu.to(device),
+                                         max_seqlen=max_len)
+                        loss.backward()
+                    grads.append([torch.zeros_like(p) if p.grad is None else p.grad for p in params])
+                for i, p in enumerate(params):  # the (virtual) ranks' gradients, added in rank order
+                    p.grad = ordered_sum(gather_ranks(torch.stack([g[i] for g in grads]))).div_(num_ranks)
                 if cfg.global_grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.global_grad_clip)
                 opt.step()

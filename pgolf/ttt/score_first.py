@@ -26,9 +26,19 @@ documents. The peer ensemble (`ttt.peer_mode`,
 an `Ensemble` from `peer_modes.make_ensemble`) changes which probability is
 committed; this loop does not know which mode runs.
 
-Work sharing: ranks claim queue batches one at a time through a counter (the
-torch.distributed store; a local counter on one process); meters are
-all-reduced at the end and `run_ttt` asserts that every target was scored.
+Work sharing (`ttt.schedule`):
+- static (default): `rank_schedule.assign_batches` deals each segment's batches
+  (the queue between global-SGD pauses) to `ttt.virtual_ranks` virtual ranks
+  before any batch runs; each process runs its block of virtual ranks, each
+  with its own `_Run` (LoRA A, generator, peer pool), one after the other. The
+  pause comes where it would on that many GPUs. Nothing depends on the process
+  count or on timing, so 1, 2 or 8 processes give the same bits.
+- dynamic (#2139): each process is one rank and claims queue batches one at a
+  time through a counter (the torch.distributed store; a local counter on one
+  process), so which rank scores which batch depends on timing, and the pause on
+  the process count.
+Meters are gathered per (virtual) rank and added in rank order at the end, and
+`run_ttt` asserts that every target was scored.
 """
 
 from __future__ import annotations
@@ -46,10 +56,11 @@ import torch.distributed as dist
 from pgolf.bpb import BpbMeter
 from pgolf.config import RunConfig
 from pgolf.device import policy_for
-from pgolf.distributed import all_reduce_sum, barrier, get_dist, sync
+from pgolf.distributed import all_reduce_sum, barrier, gather_ranks, get_dist, ordered_sum, sync
 from pgolf.ttt.global_sgd import pause_points, phase_boundaries, run_global_sgd, sgd_stream
 from pgolf.ttt.lora import BatchedLoRA, FrozenLoRA
 from pgolf.ttt.peer_modes import make_ensemble
+from pgolf.ttt.rank_schedule import assign_batches, ranks_here, window_tokens
 from pgolf.ttt.windows import (DocSpan, TTTBatch, Windows, build_queue, build_windows, chunk_size_for, chunk_span,
                                num_chunks, score_windows)
 
@@ -73,6 +84,9 @@ class TTTResult:
     routed_tokens: int
     num_batches: int
     num_global_phases: int
+    schedule: str = "static"
+    virtual_ranks: int = 1
+    """Ranks the score is a function of: `ttt.virtual_ranks` (static) or the process count (dynamic)."""
     phase_seconds: dict[str, float] = field(default_factory=dict)
     nll_own: np.ndarray | None = None
     """--dump-nll: per target (index = stream position - 1): own NLL, committed NLL, bytes, times scored."""
@@ -143,7 +157,7 @@ class _Claimer:
 class _Run:
     """State of one `run_ttt` call on one rank; the `ScoreSink` its ensemble scores through."""
 
-    def __init__(self, model, val, cfg: RunConfig, trace: list | None, dump: bool):
+    def __init__(self, model, val, cfg: RunConfig, trace: list | None, dump: bool, peer: _Run | None = None):
         self.model, self.val, self.cfg, self.t = model, val, cfg, cfg.ttt
         self.trace, self.dump = trace, dump
         self.device = next(model.parameters()).device
@@ -162,9 +176,12 @@ class _Run:
         self.reusable: BatchedLoRA | None = None
         self.ensemble = make_ensemble(self.t, self)
         n = self.tokens.numel()
-        self.nll_own = torch.zeros(n, dtype=torch.float64) if dump else None
-        self.nll_final = torch.zeros(n, dtype=torch.float64) if dump else None
-        self.counts = torch.zeros(n, dtype=torch.float64) if dump else None
+        if peer is not None:  # another virtual rank of this process: its targets are disjoint, the dump is shared
+            self.nll_own, self.nll_final, self.counts = peer.nll_own, peer.nll_final, peer.counts
+        else:
+            self.nll_own = torch.zeros(n, dtype=torch.float64) if dump else None
+            self.nll_final = torch.zeros(n, dtype=torch.float64) if dump else None
+            self.counts = torch.zeros(n, dtype=torch.float64) if dump else None
 
     # -- adapters
     def lora_for(self, bsz: int) -> BatchedLoRA:
@@ -289,7 +306,8 @@ def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool
     t_start = time.perf_counter()
     queue = build_queue(val.docs, t.batch_size)
     boundaries = phase_boundaries(t.phased_prefix_docs, t.phased_num_phases, sum(len(b.docs) for b in queue))
-    pauses = pause_points([len(b.docs) for b in queue], boundaries, get_dist().world_size)
+    num_ranks, vranks = ranks_here(t)
+    pauses = pause_points([len(b.docs) for b in queue], boundaries, num_ranks)
     if pauses:
         model = copy.deepcopy(model)
     flags = [p.requires_grad for p in model.parameters()]
@@ -298,22 +316,38 @@ def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool
     model.set_looping(True)
     for p in model.parameters():
         p.requires_grad_(False)
-    run = _Run(model, val, cfg, trace, dump)
+    runs: list[_Run] = []
+    for _ in vranks:
+        runs.append(_Run(model, val, cfg, trace, dump, runs[0] if runs else None))
     seconds: dict[str, float] = {}
     try:
-        if run.policy.should_compile(cfg.train.compile):
-            run.fwd, seconds["compile_warmup_s"] = _compile_and_warm(model, cfg, run)
+        if runs[0].policy.should_compile(cfg.train.compile):
+            fwd, seconds["compile_warmup_s"] = _compile_and_warm(model, cfg, runs[0])
+            for run in runs:
+                run.fwd = fwd
         claimer = _Claimer(f"pgolf_ttt/{next(_CALLS)}")
         t_eval = time.perf_counter()
         sgd_s = 0.0
         lo = 0
         ends = [nb for nb, _ in pauses] + [len(queue)]
         for seg, hi in enumerate(ends):
-            while (qi := claimer.next(seg, lo, hi)) is not None:
-                run.process(queue[qi])
-                if log is not None:
-                    log.event("ttt_batch", queue_idx=qi, batch=queue[qi].batch_idx, docs=len(queue[qi].docs),
-                              max_len=queue[qi].max_len, own_bpb=run.own.bpb(), elapsed_s=time.perf_counter() - t_start)
+            if t.schedule == "static":
+                plan = assign_batches([window_tokens(b, t) for b in queue[lo:hi]], t.virtual_ranks)
+                work = [(run, [lo + i for i in plan[v]]) for v, run in zip(vranks, runs)]
+            else:
+                work = [(runs[0], iter(lambda: claimer.next(seg, lo, hi), None))]
+            for (run, qis), v in zip(work, vranks):
+                for qi in qis:
+                    run.process(queue[qi])
+                    if log is not None:
+                        log.event("ttt_batch", queue_idx=qi, batch=queue[qi].batch_idx, docs=len(queue[qi].docs),
+                                  max_len=queue[qi].max_len, rank=v, own_bpb=run.own.bpb(),
+                                  elapsed_s=time.perf_counter() - t_start)
+                # This rank's adapters are done: a pause rebuilds them with fresh A (and drops the peers) for the
+                # adapted base. Freed now, so a process running many virtual ranks holds one set at a time.
+                run.reusable = None
+                if seg < len(pauses):
+                    run.ensemble.base_changed()
             if seg < len(pauses):
                 barrier()
                 t0 = time.perf_counter()
@@ -322,10 +356,8 @@ def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool
                 if trace is not None:
                     trace.extend(("update", doc.index, tuple(range(doc.start + 1, doc.start + doc.length)))
                                  for doc in ordered)
-                stream = sgd_stream(run.tokens, [(doc.start, doc.length) for doc in ordered])
+                stream = sgd_stream(runs[0].tokens, [(doc.start, doc.length) for doc in ordered])
                 info = run_global_sgd(model, stream, t)
-                run.reusable = None  # rebuilt with fresh A for the adapted base
-                run.ensemble.base_changed()
                 sgd_s += time.perf_counter() - t0
                 if log is not None:
                     log.event("ttt_global_sgd", phase=seg + 1, docs=pauses[seg][1], chunks=info["num_chunks"],
@@ -339,19 +371,28 @@ def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool
             p.requires_grad_(flag)
         model.train(was_training)
         model.set_looping(was_looping)
-    return _finish(run, val, cfg, queue, len(pauses), seconds, t_start)
+    return _finish(runs, val, cfg, queue, len(pauses), num_ranks, seconds, t_start)
 
 
-def _finish(run: _Run, val, cfg: RunConfig, queue, num_phases: int, seconds, t_start) -> TTTResult:
+def _sums(meter: BpbMeter) -> list[float]:
+    return [meter.sum_nats, meter.sum_bytes, meter.num_tokens]
+
+
+def _finish(runs: list[_Run], val, cfg: RunConfig, queue, num_phases: int, num_ranks: int, seconds,
+            t_start) -> TTTResult:
+    run = runs[0]
     ensemble = run.ensemble
-    run.own.all_reduce()
-    run.ensemble_meter.all_reduce()
-    counts = torch.stack([run.routed, run.covered]).to(get_dist().device)
-    routed, covered = (int(round(x)) for x in all_reduce_sum(counts).tolist())
+    # Per (virtual) rank: own and ensemble sums, routed and covered targets; added in rank order on every process.
+    rows = torch.tensor([[*_sums(r.own), *_sums(r.ensemble_meter), float(r.routed), float(r.covered)] for r in runs],
+                        dtype=torch.float64)
+    total = ordered_sum(gather_ranks(rows.to(get_dist().device))).tolist()
+    own, ens = (BpbMeter.from_state(dict(zip(("sum_nats", "sum_bytes", "num_tokens"), total[i:i + 3])))
+                for i in (0, 3))
+    routed, covered = (int(round(x)) for x in total[6:])
     target_tokens = int(val.num_targets)
-    # Ranks claimed disjoint batches, so the all-reduced counts must add up to the whole validation set.
-    assert int(round(run.own.num_tokens)) == target_tokens, \
-        f"score-first TTT scored {run.own.num_tokens:.0f} targets of {target_tokens}"
+    # Ranks scored disjoint batches, so the summed counts must add up to the whole validation set.
+    assert int(round(own.num_tokens)) == target_tokens, \
+        f"score-first TTT scored {own.num_tokens:.0f} targets of {target_tokens}"
     if ensemble.covers_every_target:
         assert covered == target_tokens, f"ensemble covered {covered} targets of {target_tokens}"
     arrays: dict[str, Any] = {}
@@ -362,10 +403,11 @@ def _finish(run: _Run, val, cfg: RunConfig, queue, num_phases: int, seconds, t_s
         arrays["target_bytes"] = run.token_bytes.numpy()[1:].astype(np.int32)
         arrays["positions"] = np.arange(1, run.tokens.numel(), dtype=np.int64)
     seconds["total_s"] = time.perf_counter() - t_start
-    return TTTResult(own=run.own, ensemble_meter=run.ensemble_meter, peer_mode=cfg.ttt.peer_mode,
+    return TTTResult(own=own, ensemble_meter=ens, peer_mode=cfg.ttt.peer_mode,
                      compliant=ensemble.compliant, peers_on=ensemble.peers_on, coverage_tokens=covered,
                      target_tokens=target_tokens, routed_tokens=routed, num_batches=len(queue),
-                     num_global_phases=num_phases, phase_seconds=seconds, **arrays)
+                     num_global_phases=num_phases, schedule=cfg.ttt.schedule, virtual_ranks=num_ranks,
+                     phase_seconds=seconds, **arrays)
 
 
 def _compile_and_warm(model, cfg: RunConfig, run: _Run, backend: str = "inductor") -> tuple[Any, float]:
