@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from pgolf.app import envknobs
+from pgolf.app.progress import EvalProgress, chain
 from pgolf.check import check_data, format_table
 from pgolf.config import RunConfig, parse_set_args, resolve
 from pgolf.data import load_val
@@ -203,13 +204,18 @@ class NllCollector:
         return all_reduce_sum(self.nll.to(get_dist().device)).cpu()
 
 
-def timed_eval(model, val, cfg: RunConfig, hook: ScoredHook | None = None) -> tuple[BpbMeter, float]:
-    """`eval_packed` with the device synchronised around the timer."""
+def timed_eval(model, val, cfg: RunConfig, hook: ScoredHook | None = None,
+               label: str = "eval") -> tuple[BpbMeter, float]:
+    """`eval_packed` with the device synchronised around the timer (and a progress bar on a terminal)."""
     device = model_device(model)
+    bar = EvalProgress(val, label)
     sync(device)
     t0 = time.perf_counter()
-    meter = eval_packed(model, val, cfg.eval, on_scored=hook)
-    sync(device)
+    try:
+        meter = eval_packed(model, val, cfg.eval, on_scored=chain(hook, bar.packed if bar.enabled else None))
+        sync(device)
+    finally:
+        bar.close()
     return meter, time.perf_counter() - t0
 
 
@@ -249,7 +255,13 @@ def cmd_eval(args) -> int:
         dumped = {"nll": hook.gathered().numpy(), "bytes": val.token_bytes[1:].numpy().astype("int32"),
                   "positions": positions.numpy()}
     if args.ttt:
-        ttt_fields, ttt_phases, ttt_dumped = ttt_phase(model, val, cfg, log, args.prequant, dump=bool(args.dump_nll))
+        bar = EvalProgress(val, "ttt")
+        try:
+            ttt_fields, ttt_phases, ttt_dumped = ttt_phase(model, val, cfg, log, args.prequant,
+                                                           dump=bool(args.dump_nll),
+                                                           on_batch=bar.ttt if bar.enabled else None)
+        finally:
+            bar.close()
         fields.update(ttt_fields)
         phases.update(ttt_phases)
         dumped.update(ttt_dumped)
