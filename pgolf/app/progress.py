@@ -27,16 +27,19 @@ class EvalProgress:
         self.docs_total = len(val.docs)
         if enabled is None:
             enabled = is_main() and sys.stderr.isatty()
-        # Every rank scores about 1/world of the targets; rank 0's bar counts its own share.
-        total = val.num_targets // max(1, get_dist().world_size)
-        self.bar = tqdm(total=total, desc=label, unit="tok", unit_scale=True, disable=not enabled,
-                        dynamic_ncols=True, leave=True, file=sys.stderr)
+        self.enabled = enabled
+        self._bar = None  # drawn at the first update, so the loop's own header lines come before it
         self.docs, self.nats, self.bytes = 0, 0.0, 0.0
         self._bos = (val.tokens == val.tokens[0]).cumsum(0) if enabled else None
 
     @property
-    def enabled(self) -> bool:
-        return not self.bar.disable
+    def bar(self) -> tqdm:
+        if self._bar is None:
+            # Every rank scores about 1/world of the targets; rank 0's bar counts its own share.
+            total = self.val.num_targets // max(1, get_dist().world_size)
+            self._bar = tqdm(total=total, desc=self.label, unit="tok", unit_scale=True, disable=not self.enabled,
+                             dynamic_ncols=True, leave=True, file=sys.stderr)
+        return self._bar
 
     def _show(self, tokens: int, bpb: float) -> None:
         self.bar.set_postfix_str(f"docs {self.docs:,}/{self.docs_total:,} bpb {bpb:.4f}", refresh=False)
@@ -60,7 +63,8 @@ class EvalProgress:
         self._show(int(own.num_tokens) - self.bar.n, own.bpb())
 
     def close(self) -> None:
-        self.bar.close()
+        if self._bar is not None:
+            self._bar.close()
 
 
 def chain(*hooks):
