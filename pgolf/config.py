@@ -158,6 +158,9 @@ class TrainConfig:
     """Steps between resumable checkpoints (0 = only at the end or on failure)."""
     compile: str = "auto"
     """auto (compile on CUDA only) | on | off."""
+    ema_warmup: bool = False
+    """EMA decay min(ema_decay, (1+k)/(10+k)) at step k: short runs average recent weights, not the init.
+    Off in seed/record (the seed has no warm-up); on in the small presets."""
 
     def __post_init__(self) -> None:
         s = "train"

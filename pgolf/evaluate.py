@@ -222,7 +222,7 @@ def diag_line(label: str, meter: BpbMeter, seconds: float) -> str:
     return f"{label} val_loss:{meter.loss():.8f} val_bpb:{meter.bpb():.8f} eval_time:{int(round(seconds * 1000))}ms"
 
 
-def ttt_phase(model, val, cfg: RunConfig, log, prequant: bool = False, *, dump: bool = False
+def ttt_phase(model, val, cfg: RunConfig, log, prequant: bool = False, *, dump: bool = False, on_batch=None
               ) -> tuple[dict, dict, dict]:
     """Score-first TTT with the configured ensemble, logged in the seed's line formats.
 
@@ -238,7 +238,7 @@ def ttt_phase(model, val, cfg: RunConfig, log, prequant: bool = False, *, dump: 
              f"num_phases:{t.phased_num_phases} target_tokens:{val.num_targets} peer_mode:{t.peer_mode} "
              f"peer_k:{t.peer_k} conf_thresh:{t.peer_conf_threshold} blend_w:{t.peer_blend_w}")
     log.info("\nbeginning TTT eval timer")
-    res = run_ttt(model, val, cfg, dump=dump, log=log)
+    res = run_ttt(model, val, cfg, dump=dump, log=log, on_batch=on_batch)
     secs = res.phase_seconds
     if "compile_warmup_s" in secs:
         log.info(f"ttt_lora:compile warmup done ({secs['compile_warmup_s']:.1f}s)")

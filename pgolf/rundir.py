@@ -112,6 +112,7 @@ class Report:
     # data and model
     data_dir: str | None = None
     data_manifest_sha256: str | None = None
+    tokenizer_sha256: str | None = None          # the training data's tokenizer; eval/quantize check data against it
     model_params: int | None = None
     # training
     steps: int | None = None

@@ -8,7 +8,7 @@ One step, as the record runs it (every rank the same code; world size 1 is the s
     grad_accum micro-steps: packed row -> mean CE -> (loss / grad_accum).backward()
     clip_grad_norm_ on this rank's LOCAL gradients (the record clips before any communication)
     optimizers.step()  (all gradient communication happens in there; no DDP wrapper)
-    EMA(0.9965) of every weight, fp32, after each step
+    EMA(0.9965) of every weight, fp32, after each step (optionally warmed up: decay min(d, (1+k)/(10+k)))
     stop when step == iterations or the timed train time reaches the budget (MAX over ranks)
 
 The budget is `max_wallclock_seconds - gptq_reserve_seconds`: the reserve is spent right after the
@@ -110,9 +110,12 @@ class EMA:
         self.shadow = {k: t.detach().float().clone() for k, t in self._live.items()}
 
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, step: int | None = None) -> None:
+        # Warm-up (given the 0-based step): early weights leave the average fast, so a short run's EMA is
+        # not dominated by its random init; from the step where the ramp passes `decay` on, nothing changes.
+        d = self.decay if step is None else min(self.decay, (1 + step) / (10 + step))
         for k, t in self._live.items():
-            self.shadow[k].mul_(self.decay).add_(t.detach().float(), alpha=1.0 - self.decay)
+            self.shadow[k].mul_(d).add_(t.detach().float(), alpha=1.0 - d)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.shadow.items()}
@@ -346,7 +349,7 @@ class _Run:
                                 f"step {self.step} (before the bad update) is saved in {self.ckpt_path}")
         apply_update(self.opt, self.clip_params, self.cfg.train.grad_clip_norm)
         if self.ema is not None:
-            self.ema.update()
+            self.ema.update(self.step if self.cfg.train.ema_warmup else None)
         self.step += 1
         self.losses.append(loss_value)
         self.last_loss = loss_value

@@ -131,6 +131,33 @@ def test_ema_is_an_fp32_exponential_average():
     assert torch.allclose(lin.weight, w0 + 0.1)
 
 
+def test_ema_warmup_ramps_the_decay_up_to_the_configured_one():
+    lin = torch.nn.Linear(3, 2)
+    ema = EMA(lin, decay=0.9)
+    w = lin.weight.detach().clone()
+    with torch.no_grad():
+        lin.weight.add_(1.0)
+    ema.update(step=0)  # decay 1/10: the average is mostly the new weights already
+    assert torch.allclose(ema.shadow["weight"], 0.1 * w + 0.9 * (w + 1.0))
+    before = ema.shadow["weight"].clone()
+    ema.update(step=1000)  # the ramp (1001/1010) is past 0.9: the configured decay rules
+    assert torch.allclose(ema.shadow["weight"], 0.9 * before + 0.1 * (w + 1.0))
+
+
+def test_ema_warmup_is_on_for_small_presets_and_off_where_the_seed_rules():
+    assert load_preset("tiny").train.ema_warmup and load_preset("cpu").train.ema_warmup
+    assert not load_preset("seed").train.ema_warmup and not load_preset("record").train.ema_warmup
+
+
+def test_short_run_headline_is_close_to_its_raw_weights(tiny_data, tmp_path):
+    # Without the warm-up a 60-step tiny run's EMA weights scored 3.90 bpb against 2.24 raw.
+    run_dir = tmp_path / "short"
+    assert main(["train", "--preset", "tiny", "--data", str(tiny_data), "--out", str(run_dir),
+                 "--max-steps", "60", "--set", "eval.val_docs_limit=8"]) == 0
+    rep = json.loads((run_dir / "report.json").read_text())
+    assert abs(rep["val_bpb_prequant"] - rep["val_bpb_pre_ema"]) <= 0.05, rep
+
+
 # --------------------------------------------------------------------------- one real run
 def test_tiny_loss_falls_and_matches_the_golden_losses(golden_run):
     losses = _step_losses(golden_run)

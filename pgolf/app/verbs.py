@@ -18,8 +18,9 @@ import torch
 from torch import Tensor
 
 from pgolf.app import envknobs
+from pgolf.app.progress import EvalProgress, chain
 from pgolf.check import check_data, format_table
-from pgolf.config import RunConfig, resolve
+from pgolf.config import RunConfig, parse_set_args, resolve
 from pgolf.data import load_val
 from pgolf.bpb import BpbMeter
 from pgolf.distributed import all_reduce_sum, cleanup, get_dist, init_distributed, is_main, print0
@@ -33,17 +34,34 @@ from pgolf.runlog import RunLog
 from pgolf.submission import audit, pack, record, significance, upstream_log
 from pgolf.submission.tracks import choose_track
 from pgolf.train import clear_results, train
+from pgolf.vocabulary import check_run_data, data_vocab, training_vocab
+
+
+def _env(args, base: RunConfig | str | Path) -> tuple[RunConfig | str | Path, dict | None]:
+    """(base, the seed's env knobs as fields) with --env, else (base, None)."""
+    if not args.env:
+        return base, None
+    base = resolve(base)
+    return base, envknobs.env_overrides(os.environ, base)
 
 
 def resolve_config(args, base: RunConfig | str | Path, **flags) -> RunConfig:
     """`base`, then the seed's env knobs (with --env), then --set, then the verb's own flags."""
-    env = None
-    if args.env:
-        base = resolve(base)
-        env = envknobs.env_overrides(os.environ, base)
+    base, env = _env(args, base)
+    if env is not None:
         for line in envknobs.ignored_knobs(os.environ):
             print0(f"env: ignored {line}")
     return resolve(base, env=env, sets=args.set, flags=flags)
+
+
+def explicitly_set(args, base: RunConfig | str | Path, key: str) -> bool:
+    """Whether the user named `key` (a dotted field): a config file as the base (every field of a
+    config.json is the user's), a --set, or a seed env knob under --env. A preset's value is a default,
+    not a choice: presets are sized for a data recipe, and a data directory may follow another one."""
+    if not isinstance(base, str) or base.endswith(".json"):
+        return True
+    _, env = _env(args, base)
+    return key in parse_set_args(list(args.set or ())) or key in (env or {})
 
 
 # --------------------------------------------------------------------------- data
@@ -82,11 +100,20 @@ def cmd_check(args) -> int:
 
 # --------------------------------------------------------------------------- train / quantize / eval
 def train_config(args) -> RunConfig:
-    """--config, or the run's own config.json with --resume, or --preset; then env, --set and the flags."""
+    """--config, or the run's own config.json with --resume, or --preset; then env, --set and the flags.
+
+    The vocabulary follows the data's tokenizer unless the user set it (`explicitly_set`); a set value
+    that differs from the data's is refused in one line (`training_vocab`)."""
     own = RunDir(args.out).config
     base = Path(args.config) if args.config else (own if args.resume and own.exists() else args.preset)
-    return resolve_config(args, base, **{"train.iterations": args.max_steps,
-                                         "train.max_wallclock_seconds": args.max_seconds, "train.seed": args.seed})
+    flags = {"train.iterations": args.max_steps, "train.max_wallclock_seconds": args.max_seconds,
+             "train.seed": args.seed}
+    cfg = resolve_config(args, base, **flags)
+    vocab = training_vocab(cfg.model.vocab_size, explicitly_set(args, base, "model.vocab_size"), args.data)
+    if vocab != cfg.model.vocab_size:
+        print0(f"model.vocab_size: {vocab}, from {args.data}'s tokenizer (the preset has {cfg.model.vocab_size})")
+        cfg = resolve(cfg, flags={"model.vocab_size": vocab})
+    return cfg
 
 
 def eval_config(args) -> RunConfig:
@@ -108,6 +135,8 @@ def cmd_train(args) -> int:
     clear_results(run, args.resume, args.overwrite)
     try:
         s = train(cfg, args.data, run.path, resume=args.resume)
+        if is_main():  # what eval and quantize check a data directory against
+            run.update_report(tokenizer_sha256=data_vocab(args.data).tokenizer_sha256)
         cap_s = cfg.train.max_wallclock_seconds
         end_s = s["train_seconds"] + s["calibration_seconds"]
         where = ("inside" if end_s <= cap_s else f"OUTSIDE (ends at {end_s:.1f} s)") if cap_s > 0 else "without"
@@ -126,9 +155,16 @@ def cmd_train(args) -> int:
 def cmd_quantize(args) -> int:
     run = RunDir(args.run_dir)
     cfg = resolve(run.read_config(), flags={"quant.compressor": args.compressor})
+    if not args.no_eval:
+        _check_data(run, cfg, run.data_dir())
     init_distributed()
     quantize_run(cfg, run, code_bytes=pack.packed_code_bytes(cfg.to_json()), evaluate=not args.no_eval)
     return 0
+
+
+def _check_data(run: RunDir, cfg: RunConfig, data_dir: Path) -> None:
+    """Refuse data cut by another tokenizer than the run's (hash when recorded, else vocabulary size)."""
+    check_run_data(run.read_report().tokenizer_sha256, cfg.model.vocab_size, data_dir)
 
 
 def dump_paths(spec: str | Path) -> dict[str, Path]:
@@ -169,13 +205,18 @@ class NllCollector:
         return all_reduce_sum(self.nll.to(get_dist().device)).cpu()
 
 
-def timed_eval(model, val, cfg: RunConfig, hook: ScoredHook | None = None) -> tuple[BpbMeter, float]:
-    """`eval_packed` with the device synchronised around the timer."""
+def timed_eval(model, val, cfg: RunConfig, hook: ScoredHook | None = None,
+               label: str = "eval") -> tuple[BpbMeter, float]:
+    """`eval_packed` with the device synchronised around the timer (and a progress bar on a terminal)."""
     device = model_device(model)
+    bar = EvalProgress(val, label)
     sync(device)
     t0 = time.perf_counter()
-    meter = eval_packed(model, val, cfg.eval, on_scored=hook)
-    sync(device)
+    try:
+        meter = eval_packed(model, val, cfg.eval, on_scored=chain(hook, bar.packed if bar.enabled else None))
+        sync(device)
+    finally:
+        bar.close()
     return meter, time.perf_counter() - t0
 
 
@@ -192,6 +233,7 @@ def cmd_eval(args) -> int:
     init_distributed()
     run = RunDir(args.run_dir)
     cfg = eval_config(args)
+    _check_data(run, cfg, run.data_dir(args.data))
     val = load_val(run.data_dir(args.data), include_tail=cfg.eval.include_tail,
                    val_docs_limit=cfg.eval.val_docs_limit, seq_len=cfg.eval.eval_seq_len)
     log = RunLog(run.eval_log)
@@ -214,7 +256,13 @@ def cmd_eval(args) -> int:
         dumped = {"nll": hook.gathered().numpy(), "bytes": val.token_bytes[1:].numpy().astype("int32"),
                   "positions": positions.numpy()}
     if args.ttt:
-        ttt_fields, ttt_phases, ttt_dumped = ttt_phase(model, val, cfg, log, args.prequant, dump=bool(args.dump_nll))
+        bar = EvalProgress(val, "ttt")
+        try:
+            ttt_fields, ttt_phases, ttt_dumped = ttt_phase(model, val, cfg, log, args.prequant,
+                                                           dump=bool(args.dump_nll),
+                                                           on_batch=bar.ttt if bar.enabled else None)
+        finally:
+            bar.close()
         fields.update(ttt_fields)
         phases.update(ttt_phases)
         dumped.update(ttt_dumped)

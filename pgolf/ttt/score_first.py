@@ -294,13 +294,16 @@ class _Run:
         self.ensemble.after_batch(batch, lora)
 
 
-def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool = False, log=None) -> TTTResult:
+def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool = False, log=None,
+            on_batch=None) -> TTTResult:
     """Score-first LoRA TTT over every validation target (see the module docstring).
 
     `model` is a `GPT`; its weights are not modified (phased global SGD trains a
     copy). `val` needs `tokens`, `token_bytes`, `docs` and `num_targets`
     (`pgolf.data.ValData`). `trace`, if a list, receives ("score", doc, pos) and
     ("update", doc, positions) events in order (stream positions of targets).
+    `on_batch(num_docs, own_meters)`, if given, is called after each batch this process scores, with the running
+    own-adapter meter of each (virtual) rank it runs (progress display).
     """
     t = cfg.ttt
     t_start = time.perf_counter()
@@ -339,6 +342,8 @@ def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool
             for (run, qis), v in zip(work, vranks):
                 for qi in qis:
                     run.process(queue[qi])
+                    if on_batch is not None:
+                        on_batch(len(queue[qi].docs), [r.own for r in runs])
                     if log is not None:
                         log.event("ttt_batch", queue_idx=qi, batch=queue[qi].batch_idx, docs=len(queue[qi].docs),
                                   max_len=queue[qi].max_len, rank=v, own_bpb=run.own.bpb(),
