@@ -202,6 +202,18 @@ def _overlap(good: dict[str, list[Path]], progress: bool) -> CheckResult:
                        f"{len(val_hashes):,} val docs")
 
 
+def require_shards(data_dir: str | Path) -> None:
+    """Refuse, before a run writes anything, a directory that cannot be trained and scored on: not a
+    directory, or without train or validation shards (the cheap part of `check_data`)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: not a directory")
+    missing = [f"fineweb_{split}_*.bin" for split in ("train", "val") if not shard_paths(data_dir, split)]
+    if missing:
+        raise DataError(f"{data_dir}: no {' and no '.join(missing)} shards; prepare it with `pgolf data prepare` "
+                        f"or download it with `pgolf data download`")
+
+
 def check_data(data_dir: str | Path, tokenizer: str | Path | None = None, progress: bool = False
                ) -> list[CheckResult]:
     """Run every check on DIR and return one result per row (see the module docstring)."""

@@ -48,7 +48,10 @@ def test_train_shards_without_val_shards(tiny_data, tmp_path, capsys):
     assert main(["train", "--preset", "tiny", "--data", str(d), "--out", str(tmp_path / "run"),
                  "--max-steps", "1"]) == 2
     _error_line(capsys, str(d), "no fineweb_val_*.bin shards")
-    assert not (tmp_path / "run" / "final_model.pt").exists()
+    assert not (tmp_path / "run").exists()  # refused before the run directory is made
+    assert main(["run", "--preset", "tiny", "--data", str(d), "--out", str(tmp_path / "run2")]) == 2
+    _error_line(capsys, str(d), "no fineweb_val_*.bin shards")
+    assert not (tmp_path / "run2").exists()
 
 
 def test_tokenizer_smaller_than_the_shards_vocabulary(tiny_data, small_tokenizer, tmp_path, capsys):

@@ -65,6 +65,14 @@ def test_explicit_vocab_that_differs_from_the_data_is_one_line(other_data, tmp_p
     assert rc == 2 and "512" in line and str(OTHER_VOCAB) in line and f"model.vocab_size={OTHER_VOCAB}" in line
 
 
+def test_pipeline_holds_the_data_to_an_explicit_vocab_before_writing(other_data, tmp_path, capsys):
+    rc = main(["run", "--preset", "tiny", "--data", str(other_data), "--out", str(tmp_path / "r"),
+               "--set", "model.vocab_size=512"])
+    line = _one_error_line(capsys)
+    assert rc == 2 and "512" in line and str(OTHER_VOCAB) in line
+    assert not (tmp_path / "r").exists()
+
+
 def test_explicit_vocab_rules_only_when_set(other_data):
     assert training_vocab(512, False, other_data) == OTHER_VOCAB
     assert training_vocab(OTHER_VOCAB, True, other_data) == OTHER_VOCAB

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from pgolf.app.plots import plot_training
 from pgolf.app.summary import summary_table
-from pgolf.app.verbs import resolve_config
-from pgolf.check import check_data
+from pgolf.app.verbs import explicitly_set, resolve_config
+from pgolf.check import check_data, require_shards
+from pgolf.config import resolve
 from pgolf.device import default_device
 from pgolf.corpus import embedded_corpus_sha256
 from pgolf.distributed import barrier, cleanup, init_distributed, is_main, print0
@@ -30,6 +31,7 @@ from pgolf.record_run import record_run
 from pgolf.rundir import RunDir
 from pgolf.submission import audit, pack, record
 from pgolf.tokenizer import file_sha256
+from pgolf.vocabulary import data_vocab, training_vocab
 
 
 def default_preset() -> str:
@@ -81,6 +83,12 @@ def _run(args) -> int:
     run = RunDir(args.out)
     base = Path(args.config) if args.config else (args.preset or default_preset())
     cfg = resolve_config(args, base, **{"train.seed": args.seed, "ttt.peer_mode": args.peer_mode})
+    if args.data:  # checked before the run directory is touched; the vocabulary follows the data as in `train`
+        require_shards(args.data)
+        vocab = training_vocab(cfg.model.vocab_size, explicitly_set(args, base, "model.vocab_size"), args.data)
+        if vocab != cfg.model.vocab_size:
+            print0(f"model.vocab_size: {vocab}, from {args.data}'s tokenizer (the preset has {cfg.model.vocab_size})")
+            cfg = resolve(cfg, flags={"model.vocab_size": vocab})
     if run.path.exists() and any(run.path.iterdir()) and not args.overwrite:
         raise ConfigError(f"{run.path}: run directory is not empty (pass --overwrite to start over)")
     if is_main() and run.path.exists() and args.overwrite:
@@ -102,7 +110,8 @@ def _run(args) -> int:
         phases["pack"] = time.perf_counter() - t
     phases["total"] = time.perf_counter() - t0
     rep = run.update_report(pipeline_phase_seconds={k: round(v, 2) for k, v in phases.items()},
-                            data_dir=str(Path(data_dir).resolve()))
+                            data_dir=str(Path(data_dir).resolve()),
+                            tokenizer_sha256=data_vocab(data_dir).tokenizer_sha256)
     if is_main():
         plot = plot_training(run.path)
         if plot:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from pgolf.app import envknobs
 from pgolf.app.progress import EvalProgress, chain
-from pgolf.check import check_data, format_table
+from pgolf.check import check_data, format_table, require_shards
 from pgolf.config import RunConfig, parse_set_args, resolve
 from pgolf.data import load_val
 from pgolf.bpb import BpbMeter
@@ -130,6 +130,7 @@ def cmd_train(args) -> int:
     that changes the config is then refused by `train` with the fields listed.
     """
     run = RunDir(args.out)
+    require_shards(args.data)  # before the run directory is touched: bad data leaves nothing behind
     cfg = train_config(args)
     init_distributed()
     clear_results(run, args.resume, args.overwrite)
