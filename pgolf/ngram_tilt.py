@@ -1,0 +1,280 @@
+"""The token-only n-gram tilt (#2135's scoring boost): count statistics, gate, hint and the renormalised tilt.
+
+Statistics. Target i predicts stream token T[i+1]. Its context is the `order - 1` tokens ending at
+T[i]. A table maps each context to its per-token counts. At target i the table is queried first:
+the hint h_i is the context's most frequent next token (on a tie, the token that reached that count
+first) and its share is top_count / total in float32. Only then is (context, T[i+1]) counted. The gate
+fires when share >= threshold; there is no minimum count, so a context seen once before fires with
+share 1.
+
+Two orders of the same statistics (`eval.ngram_tilt`):
+- `stream` (#2135): targets in stream order, and contexts run across document boundaries. The context
+  ring starts seeded with the first target, so target 14's context is [T1, T1, T2 .. T14] (BOS
+  replaced) and targets 0..13 get no hint. This is causal in stream order only. pgolf scores documents
+  longest first, so a long document's hints use counts from shorter documents that have not been
+  scored yet, and global SGD then trains on those long documents before the short ones are scored.
+  No single order makes both causal. The audit flags this mode.
+- `causal`: the table is updated in the order pgolf scores targets (`ttt_order`: queue batch, chunk,
+  row, position; stream order for the packed eval), and each target is counted right after its own
+  score. Contexts never cross a BOS: the ring is reset at every BOS, so a document's first
+  `order - 2` targets get no hint. Every count a hint uses comes from a target that was scored before
+  it.
+
+Keys are exact. A context is keyed by a 64-bit polynomial hash of its tokens. `hints` checks that
+every group of equal keys holds identical token windows, and on a collision it rehashes with another
+base, so the counts are those of exact token contexts. #2135 used an XOR hash that collides, so its
+gate count (628,130) is not reproduced bit for bit. (context, token) pairs are exact sort keys.
+
+The fast path is vectorised numpy (two sorts, no Python loop over targets). Sorting the contexts by
+(key, time) puts each context's updates in time order. Running counts and maxima over those sorted
+runs give every query's state before its own update.
+
+The tilt (`tilt_nll`) changes only the number written to the meter. With q = p(h) from the same
+full-vocabulary softmax and beta the boost, p'(a) = p(a) e^{beta [a=h]} / (1 + q (e^beta - 1)) sums
+to 1 exactly, and the scored loss is NLL' = NLL - beta [y=h] + ln(1 + q (e^beta - 1)). TTT and global
+SGD train on the untilted NLL.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+BOS_ID = 1
+ORDERS = ("off", "causal", "stream")
+_MIX = np.uint64(0xFF51AFD7ED558CCD)
+
+
+@dataclass
+class Hints:
+    """Per target (index i predicts T[i+1]): the table's state at query time."""
+    top_tok: np.ndarray    # int64, -1 where the context was never seen (or is not full)
+    top_count: np.ndarray  # int64
+    total: np.ndarray      # int64
+    gate: np.ndarray       # bool
+
+    @property
+    def hint(self) -> np.ndarray:
+        """The hinted token where the gate fires, else -1."""
+        return np.where(self.gate, self.top_tok, -1)
+
+
+def _context_keys(src: np.ndarray, ctx: int, base: int) -> np.ndarray:
+    """64-bit key of src[i-ctx+1 .. i] for every i (garbage for i < ctx-1): a polynomial hash by doubling."""
+    out = src.astype(np.uint64)
+    out += np.uint64(1)
+    acc, acc_len, span = None, 0, 1  # out[i] = hash of the `span` tokens ending at i
+    rem = ctx
+    while rem:
+        if rem & 1:  # prepend `span` tokens to the suffix held in acc
+            if acc is None:
+                acc = out.copy()
+            else:
+                acc[acc_len:] += out[:-acc_len] * np.uint64(pow(base, acc_len, 1 << 64))
+            acc_len += span
+        rem >>= 1
+        if rem:
+            out[span:] += out[:-span] * np.uint64(pow(base, span, 1 << 64))
+            span *= 2
+    # Spread every token into the high bits, which the sort in `_query_then_count` keys on.
+    acc *= np.uint64(base)
+    acc ^= acc >> np.uint64(29)
+    acc *= _MIX
+    acc ^= acc >> np.uint64(32)
+    return acc
+
+
+def _query_then_count(keys: np.ndarray, nxt: np.ndarray):
+    """The table's state before each update, for updates in array order, at the updates that see a count.
+
+    Returns (indices, top_tok, top_count, total, first): `first` is the index of the first update with
+    the same key (for the collision check). Every other index saw an empty context."""
+    m = keys.size
+    none = (np.zeros(0, np.int64),) * 5
+    if m < 2:
+        return none
+    tb = max(1, (m - 1).bit_length())
+    mask = np.uint64((1 << tb) - 1)
+    # One sort on (high key bits, time) groups contexts with their times ascending.
+    srt = keys & ~mask
+    srt |= np.arange(m, dtype=np.uint64)
+    srt.sort()
+    hk = srt >> np.uint64(tb)
+    heads = np.flatnonzero(np.concatenate(([True], hk[1:] != hk[:-1])))
+    size = np.diff(np.append(heads, m))
+    keep = np.repeat(size >= 2, size)  # a context seen once has no query with a count
+    t = (srt[keep] & mask).astype(np.int64)
+    if t.size == 0:
+        return none
+    hk = hk[keep]
+    k = keys[t]
+    same_hi = hk[1:] == hk[:-1]
+    clash = same_hi & (k[1:] != k[:-1])
+    if clash.any():  # the truncated keys collided: order those runs by (full key, time)
+        run = np.concatenate(([0], np.cumsum(~same_hi)))
+        bad = np.isin(run, np.unique(run[1:][clash]))
+        sub = t[bad]
+        t[bad] = sub[np.lexsort((sub, keys[sub]))]
+        k = keys[t]
+    start = np.concatenate(([True], k[1:] != k[:-1]))
+    if clash.any():
+        heads = np.flatnonzero(start)
+        size = np.diff(np.append(heads, t.size))
+        keep = np.repeat(size >= 2, size)
+        t, start = t[keep], start[keep]
+    n = t.size
+    if n == 0:
+        return none
+    gid = np.cumsum(start) - 1
+    x = nxt[t].astype(np.int64)
+    idx = np.arange(n, dtype=np.int64)
+    first = np.maximum.accumulate(np.where(start, idx, 0))
+    # Count of (context, token) after each update: its rank among equal pairs, in time order.
+    vb, ib, gb = max(1, int(x.max()).bit_length()), max(1, (n - 1).bit_length()), max(1, int(gid[-1]).bit_length())
+    if gb + vb + ib <= 63:
+        s2 = np.sort((((gid << vb) | x) << ib) | idx)
+        order2, pk = s2 & ((1 << ib) - 1), s2 >> ib
+    else:
+        order2 = np.lexsort((idx, x, gid))
+        pk = gid[order2] * (int(x.max()) + 1) + x[order2]
+    pstart = np.concatenate(([True], pk[1:] != pk[:-1]))
+    run_first = np.maximum.accumulate(np.where(pstart, idx, 0))
+    count = np.empty(n, np.int64)
+    count[order2] = idx - run_first + 1
+    # Running maximum per context (offset by the group so it never leaks across groups), exclusive of self.
+    off = gid * (n + 1)
+    incl = np.maximum.accumulate(off + count) - off
+    prev = np.concatenate(([0], incl[:-1]))
+    prev[start] = 0
+    lead = np.maximum.accumulate(np.where(count > prev, idx, 0))  # the update that set the current top
+    q = np.flatnonzero(~start)
+    return t[q], x[lead[q - 1]], prev[q], q - first[q], t[first[q]]
+
+
+def hints(tokens, order: str = "stream", *, ngram: int = 16, threshold: float = 0.8,
+          update_order: np.ndarray | None = None, verify: bool = False) -> Hints:
+    """Hints for every target of the stream `tokens` (T[0] = BOS) in one order (see the module docstring).
+
+    `update_order` (causal only): target indices in the order they are scored; default stream order.
+    `verify` compares the token windows behind every repeated key (exact keys; about 2x the time).
+    """
+    tok = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens)
+    n = tok.size - 1
+    ctx = ngram - 1
+    out = Hints(np.full(n, -1, np.int32), np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros(n, bool))
+    if n < ctx:
+        return out
+    if order == "stream":
+        src = tok[:n].copy()
+        src[0] = tok[1]  # the ring starts seeded with the first target
+        seq = None  # targets ctx-1 .. n-1 in stream order: slices, no gathers
+    elif order == "causal":
+        src = tok[:n]
+        ar = np.arange(n)
+        last_bos = np.maximum.accumulate(np.where(src == BOS_ID, ar, -1))
+        full = (last_bos >= 0) & (last_bos <= ar - ctx + 1)
+        seq = ar if update_order is None else np.asarray(update_order, np.int64)
+        if seq.size != n or not np.array_equal(np.bincount(seq, minlength=n), np.ones(n, np.int64)):
+            raise ValueError("update_order must list every target exactly once")
+        seq = seq[full[seq]]
+    else:
+        raise ValueError(f"ngram tilt order {order!r}")
+    for base in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5):
+        keys = _context_keys(src, ctx, base)
+        if seq is None:
+            ti, tt, tc, tot, fi = _query_then_count(keys[ctx - 1:], tok[ctx:n + 1])
+            pos, ref = ti + ctx - 1, fi + ctx - 1
+        else:
+            ti, tt, tc, tot, fi = _query_then_count(keys[seq], tok[seq + 1])
+            pos, ref = seq[ti], seq[fi]
+        # Exact keys: every queried context must equal the first context with its key.
+        if not verify or all(np.array_equal(src[pos - j], src[ref - j]) for j in range(ctx)):
+            break
+    else:
+        raise RuntimeError("n-gram tilt: 64-bit context keys collided under four bases")
+    out.top_tok[pos], out.top_count[pos], out.total[pos] = tt, tc, tot
+    share = out.top_count.astype(np.float32) / np.maximum(out.total, 1).astype(np.float32)
+    out.gate = (out.total > 0) & (share >= np.float32(threshold))
+    return out
+
+
+def ttt_order(queue, ttt_cfg, num_targets: int) -> np.ndarray:
+    """Target indices in the order score-first TTT commits them: queue batch, chunk, row, position.
+
+    Chunk ci of a batch scores every active row's targets [ci*C, (ci+1)*C) in one forward, rows in
+    order; so the slot (batch, ci, row, t mod C) orders targets without a sort."""
+    from pgolf.ttt.windows import chunk_size_for
+    starts, lens, slots0, rowstride, chunk = [], [], [], [], []
+    base = 0
+    for b in queue:
+        c = chunk_size_for(b.max_len, ttt_cfg)
+        nb = len(b.docs)
+        for r, d in enumerate(b.docs):
+            starts.append(d.start)
+            lens.append(d.pred_len)
+            slots0.append(base + r * c)
+            rowstride.append(nb * c)
+            chunk.append(c)
+        base += -(-(b.max_len - 1) // c) * nb * c
+    lens_a = np.asarray(lens, np.int64)
+    rep = lambda v: np.repeat(np.asarray(v, np.int64), lens_a)
+    t = np.arange(int(lens_a.sum())) - rep(np.cumsum(lens_a) - lens_a)
+    c = rep(chunk)
+    slot = rep(slots0) + (t // c) * rep(rowstride) + t % c
+    out = np.full(base, -1, np.int64)
+    out[slot] = rep(starts) + t
+    out = out[out >= 0]
+    assert out.size == num_targets, f"TTT queue covers {out.size} of {num_targets} targets"
+    return out
+
+
+def tilt_nll(nll: torch.Tensor, logq: torch.Tensor, hit: torch.Tensor, gate: torch.Tensor,
+             beta: float) -> torch.Tensor:
+    """NLL' = NLL - beta [y=h] + ln(1 + q (e^beta - 1)) where gated, else NLL (float32)."""
+    q = logq.float().clamp(max=0.0).exp()
+    tilted = nll.float() - beta * hit.float() + torch.log1p(q * math.expm1(beta))
+    return torch.where(gate, tilted, nll.float())
+
+
+class NgramTilt:
+    """Hints for one evaluation and the tilt applied to scored NLLs, with counts for the log."""
+
+    def __init__(self, h: Hints, beta: float, order: str):
+        self.hint = torch.from_numpy(h.hint)
+        self.beta, self.order = float(beta), order
+        self.gated = int(h.gate.sum())
+        self.scored = self.hits = 0
+        self.sum_untilted = self.sum_tilted = 0.0
+
+    @classmethod
+    def build(cls, eval_cfg, tokens, update_order: np.ndarray | None = None) -> "NgramTilt | None":
+        if eval_cfg.ngram_tilt == "off":
+            return None
+        h = hints(tokens, eval_cfg.ngram_tilt, ngram=eval_cfg.ngram_order, threshold=eval_cfg.ngram_threshold,
+                  update_order=update_order if eval_cfg.ngram_tilt == "causal" else None)
+        return cls(h, eval_cfg.ngram_beta, eval_cfg.ngram_tilt)
+
+    def hints_at(self, target_idx: torch.Tensor) -> torch.Tensor:
+        """Hint ids for target indices (any shape), -1 where none."""
+        return self.hint[target_idx.cpu().clamp(0, self.hint.numel() - 1)]
+
+    def apply(self, nll: torch.Tensor, logq: torch.Tensor, hint: torch.Tensor, y: torch.Tensor,
+              valid: torch.Tensor | None = None) -> torch.Tensor:
+        """The scored (tilted) NLL; `hint` -1 = no gate. Counts the valid targets it saw."""
+        hint = hint.to(nll.device)
+        gate = hint >= 0
+        hit = gate & (hint == y.to(nll.device))
+        out = tilt_nll(nll, logq, hit, gate, self.beta)
+        v = torch.ones_like(gate) if valid is None else valid.to(nll.device)
+        self.scored += int(v.sum())
+        self.hits += int((hit & v).sum())
+        self.sum_untilted += float(nll.double()[v].sum())
+        self.sum_tilted += float(out.double()[v].sum())
+        return out
+
+    def figures(self) -> dict:
+        return {"ngram_tilt": self.order, "ngram_gated": self.gated, "ngram_hits": self.hits,
+                "ngram_scored": self.scored, "ngram_gain_nats": self.sum_untilted - self.sum_tilted}
