@@ -240,22 +240,29 @@ def tilt_nll(nll: torch.Tensor, logq: torch.Tensor, hit: torch.Tensor, gate: tor
 
 
 class NgramTilt:
-    """Hints for one evaluation and the tilt applied to scored NLLs, with counts for the log."""
+    """Hints for one evaluation and the tilt applied to scored NLLs, with sums for the log."""
 
     def __init__(self, h: Hints, beta: float, order: str):
-        self.hint = torch.from_numpy(h.hint)
+        self.hint = torch.from_numpy(h.hint.astype(np.int64))
         self.beta, self.order = float(beta), order
         self.gated = int(h.gate.sum())
-        self.scored = self.hits = 0
-        self.sum_untilted = self.sum_tilted = 0.0
+        self._sums: torch.Tensor | None = None  # [hits, scored, untilted nats, tilted nats] on the scores' device
 
     @classmethod
-    def build(cls, eval_cfg, tokens, update_order: np.ndarray | None = None) -> "NgramTilt | None":
+    def build(cls, eval_cfg, tokens, update_order=None) -> "NgramTilt | None":
+        """None when `eval.ngram_tilt` is off. `update_order`: the scoring order (causal; default: stream)."""
         if eval_cfg.ngram_tilt == "off":
             return None
         h = hints(tokens, eval_cfg.ngram_tilt, ngram=eval_cfg.ngram_order, threshold=eval_cfg.ngram_threshold,
                   update_order=update_order if eval_cfg.ngram_tilt == "causal" else None)
         return cls(h, eval_cfg.ngram_beta, eval_cfg.ngram_tilt)
+
+    @classmethod
+    def for_ttt(cls, cfg, tokens, queue) -> "NgramTilt | None":
+        """The tilt of score-first TTT over `queue`; causal statistics follow its scoring order."""
+        causal = cfg.eval.ngram_tilt == "causal"
+        order = ttt_order(queue, cfg.ttt, int(tokens.numel()) - 1) if causal else None
+        return cls.build(cfg.eval, tokens, order)
 
     def hints_at(self, target_idx: torch.Tensor) -> torch.Tensor:
         """Hint ids for target indices (any shape), -1 where none."""
@@ -263,18 +270,20 @@ class NgramTilt:
 
     def apply(self, nll: torch.Tensor, logq: torch.Tensor, hint: torch.Tensor, y: torch.Tensor,
               valid: torch.Tensor | None = None) -> torch.Tensor:
-        """The scored (tilted) NLL; `hint` -1 = no gate. Counts the valid targets it saw."""
-        hint = hint.to(nll.device)
+        """The scored (tilted) NLL; `hint` -1 = no gate; `y` the target ids. Sums the valid targets' figures."""
+        hint, y = hint.to(nll.device), y.to(nll.device)
         gate = hint >= 0
-        hit = gate & (hint == y.to(nll.device))
+        hit = gate & (hint == y)
         out = tilt_nll(nll, logq, hit, gate, self.beta)
         v = torch.ones_like(gate) if valid is None else valid.to(nll.device)
-        self.scored += int(v.sum())
-        self.hits += int((hit & v).sum())
-        self.sum_untilted += float(nll.double()[v].sum())
-        self.sum_tilted += float(out.double()[v].sum())
+        sums = torch.stack([(hit & v).sum().double(), v.sum().double(), nll.double()[v].sum(),
+                            out.double()[v].sum()])
+        self._sums = sums if self._sums is None else self._sums + sums
         return out
 
-    def figures(self) -> dict:
-        return {"ngram_tilt": self.order, "ngram_gated": self.gated, "ngram_hits": self.hits,
-                "ngram_scored": self.scored, "ngram_gain_nats": self.sum_untilted - self.sum_tilted}
+    def figures(self, reduce=None) -> dict:
+        """Counts over every rank (`reduce`: an all-reduce sum) for the report."""
+        sums = self._sums if self._sums is not None else torch.zeros(4, dtype=torch.float64)
+        hits, scored, untilted, tilted = (reduce(sums) if reduce is not None else sums).tolist()
+        return {"ngram_tilt": self.order, "ngram_gated": self.gated, "ngram_hits": int(hits),
+                "ngram_scored": int(scored), "ngram_nats_untilted": untilted, "ngram_nats_tilted": tilted}

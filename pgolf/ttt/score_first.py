@@ -47,6 +47,7 @@ from pgolf.bpb import BpbMeter
 from pgolf.config import RunConfig
 from pgolf.device import policy_for
 from pgolf.distributed import all_reduce_sum, barrier, get_dist, sync
+from pgolf.ngram_tilt import NgramTilt
 from pgolf.ttt.global_sgd import pause_points, phase_boundaries, run_global_sgd, sgd_stream
 from pgolf.ttt.lora import BatchedLoRA, FrozenLoRA
 from pgolf.ttt.peer_modes import make_ensemble
@@ -80,6 +81,8 @@ class TTTResult:
     target_bytes: np.ndarray | None = None
     positions: np.ndarray | None = None
     score_counts: np.ndarray | None = None
+    ngram: dict | None = None
+    """The n-gram tilt's figures (`NgramTilt.figures`) when `eval.ngram_tilt` is on; the own meter is then tilted."""
 
     @property
     def peers_scored(self) -> bool:
@@ -161,6 +164,7 @@ class _Run:
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.reusable: BatchedLoRA | None = None
         self.ensemble = make_ensemble(self.t, self)
+        self.tilt: NgramTilt | None = None
         n = self.tokens.numel()
         self.nll_own = torch.zeros(n, dtype=torch.float64) if dump else None
         self.nll_final = torch.zeros(n, dtype=torch.float64) if dump else None
@@ -254,10 +258,13 @@ class _Run:
             w = build_windows(self.tokens, sub, [chunk_span(ci, d.pred_len, chunk, t.eval_seq_len) for d in sub])
             # Activation row i must use adapter row rows[i] once finished docs have dropped out.
             lora.peer_index = None if len(rows) == bsz else torch.tensor(rows, device=self.device)
+            hint = self.tilt.hints_at(w.stream_pos - 1) if self.tilt is not None else None
             with torch.set_grad_enabled(bool(train_rows)):  # no graph when no row of the chunk trains
-                nll, entropy = score_windows(self.fwd, lora, w, self.device, self.autocast,
-                                             want_entropy=want_entropy)
+                nll, entropy, *logq = score_windows(self.fwd, lora, w, self.device, self.autocast,
+                                                    want_entropy=want_entropy, hint=hint)
             nll_d = nll.detach()
+            if self.tilt is not None:  # the scored number only: the update below trains on the untilted nll
+                nll_d = self.tilt.apply(nll_d, logq[0], hint, self.tokens[w.stream_pos], w.valid)
             self.commit_own(sub, w, nll_d)
             self.ensemble.commit(rows, w, nll_d, entropy)
             # Scores are committed; only now may the chunk's targets update the adapters.
@@ -305,6 +312,7 @@ def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool
             run.fwd, seconds["compile_warmup_s"] = _compile_and_warm(model, cfg, run)
         claimer = _Claimer(f"pgolf_ttt/{next(_CALLS)}")
         t_eval = time.perf_counter()
+        run.tilt = NgramTilt.for_ttt(cfg, run.tokens, queue)  # inside the eval timer, as #2135's precompute
         sgd_s = 0.0
         lo = 0
         ends = [nb for nb, _ in pauses] + [len(queue)]
@@ -365,7 +373,9 @@ def _finish(run: _Run, val, cfg: RunConfig, queue, num_phases: int, seconds, t_s
     return TTTResult(own=run.own, ensemble_meter=run.ensemble_meter, peer_mode=cfg.ttt.peer_mode,
                      compliant=ensemble.compliant, peers_on=ensemble.peers_on, coverage_tokens=covered,
                      target_tokens=target_tokens, routed_tokens=routed, num_batches=len(queue),
-                     num_global_phases=num_phases, phase_seconds=seconds, **arrays)
+                     num_global_phases=num_phases, phase_seconds=seconds,
+                     ngram=run.tilt.figures(lambda t: all_reduce_sum(t.to(get_dist().device))) if run.tilt else None,
+                     **arrays)
 
 
 def _compile_and_warm(model, cfg: RunConfig, run: _Run, backend: str = "inductor") -> tuple[Any, float]:
