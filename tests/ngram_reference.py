@@ -13,7 +13,10 @@ import numpy as np
 BOS_ID = 1
 
 
-def reference_hints(tokens, order="stream", ngram=16, threshold=0.8, update_order=None, events=None):
+def reference_hints(tokens, order="stream", ngram=16, threshold=0.8, update_order=None, events=None,
+                    insert_first=False):
+    """(top_tok, top_count, total, gate) per target. `insert_first` counts the target before the query:
+    the illegal variant (the hint then reads the target it scores), kept as a negative control."""
     tok = [int(t) for t in tokens]
     n = len(tok) - 1
     ctx = ngram - 1
@@ -29,8 +32,9 @@ def reference_hints(tokens, order="stream", ngram=16, threshold=0.8, update_orde
         if order == "stream":
             if i < ctx - 1:
                 return None
-            ring = ([tok[1]] + tok[1:i + 1])[-ctx:]  # seeded with the first target; the first BOS never enters
-            return tuple(ring)
+            if i >= ctx:
+                return tuple(tok[i - ctx + 1:i + 1])
+            return tuple([tok[1]] + tok[1:i + 1])  # seeded with the first target; the first BOS never enters
         start = last_bos[i]
         if start is None or i - start + 1 < ctx:
             return None
@@ -43,12 +47,22 @@ def reference_hints(tokens, order="stream", ngram=16, threshold=0.8, update_orde
             events.append(("query", i))
         if c is None:
             continue
+        if insert_first:
+            cheat = table.setdefault(c, {"counts": {}, "top": -1, "top_count": 0, "total": 0})
+            cheat["counts"][tok[i + 1]] = cheat["counts"].get(tok[i + 1], 0) + 1
+            cheat["total"] += 1
+            if cheat["counts"][tok[i + 1]] > cheat["top_count"]:
+                cheat["top"], cheat["top_count"] = tok[i + 1], cheat["counts"][tok[i + 1]]
+            if events is not None:
+                events.insert(len(events) - 1, ("update", i))  # before its own query
         entry = table.get(c)
         if entry is not None:
             top_tok[i], top_count[i], total[i] = entry["top"], entry["top_count"], entry["total"]
             gate[i] = bool(np.float32(entry["top_count"]) / np.float32(entry["total"]) >= np.float32(threshold))
         else:
             entry = table[c] = {"counts": {}, "top": -1, "top_count": 0, "total": 0}
+        if insert_first:
+            continue
         y = tok[i + 1]
         entry["counts"][y] = entry["counts"].get(y, 0) + 1
         entry["total"] += 1
