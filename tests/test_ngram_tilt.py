@@ -295,3 +295,20 @@ def test_the_tilt_refuses_a_peer_ensemble():
     from pgolf.errors import ConfigError
     with pytest.raises(ConfigError, match="ngram_tilt"):
         load_preset("seed", {"eval.ngram_tilt": "causal"})
+
+
+# --------------------------------------------------------------------------- audit
+
+
+def test_audit_flags_the_stream_order_and_passes_causal(tmp_path):
+    from pgolf.submission.audit import FAIL, PASS, audit_paths
+    from test_audit import make_run
+
+    def status(run):
+        return [(c.status, c.detail) for c in audit_paths([run]) if c.name == "legality.ngram_tilt"]
+
+    stream = make_run(tmp_path, "stream", config_set={"eval.ngram_tilt": "stream", "ttt.peer_mode": "off"})
+    [(st, why)] = status(stream)
+    assert st == FAIL and "not yet scored" in why and "causal" in why
+    causal = make_run(tmp_path, "causal", config_set={"eval.ngram_tilt": "causal", "ttt.peer_mode": "off"})
+    assert status(causal) == [(PASS, "ngram_tilt=causal")]
