@@ -15,8 +15,12 @@ import json
 import time
 
 import numpy as np
+import torch
 
-from pgolf.ngram_tilt import BOS_ID, hints
+from pgolf.config import TTTConfig
+from pgolf.data import find_docs
+from pgolf.ngram_tilt import BOS_ID, hints, ttt_order
+from pgolf.ttt.windows import build_queue
 
 
 def synthetic_stream(num_tokens: int, vocab: int = 8192, seed: int = 0) -> np.ndarray:
@@ -40,9 +44,11 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=10_000_000)
     args = ap.parse_args()
     tokens = synthetic_stream(args.tokens)
-    rng = np.random.default_rng(1)
+    # The causal order is score-first TTT's, as #2135's TTT runs it: batches of 64 documents, chunks of 48.
+    ttt = TTTConfig(batch_size=64, chunk_size=48, short_chunk_steps=())
+    scoring = ttt_order(build_queue(find_docs(torch.from_numpy(tokens.astype(np.int64))), 64), ttt, tokens.size - 1)
     for order in ("stream", "causal"):
-        upd = None if order == "stream" else rng.permutation(tokens.size - 1)
+        upd = None if order == "stream" else scoring
         t0 = time.perf_counter()
         h = hints(tokens, order, update_order=upd)
         s = time.perf_counter() - t0
