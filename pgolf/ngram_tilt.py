@@ -68,24 +68,28 @@ def _context_keys(src: np.ndarray, ctx: int, base: int) -> np.ndarray:
     """64-bit key of src[i-ctx+1 .. i] for every i (garbage for i < ctx-1): a polynomial hash by doubling."""
     out = src.astype(np.uint64)
     out += np.uint64(1)
+    tmp = np.empty_like(out)  # one scratch buffer: the passes are memory-bound, fresh arrays cost page faults
     acc, acc_len, span = None, 0, 1  # out[i] = hash of the `span` tokens ending at i
-    rem = ctx
-    while rem:
-        if rem & 1:  # prepend `span` tokens to the suffix held in acc
+    while ctx:
+        if ctx & 1:
             if acc is None:
                 acc = out.copy()
-            else:
-                acc[acc_len:] += out[:-acc_len] * np.uint64(pow(base, acc_len, 1 << 64))
+            else:  # prepend `span` tokens to the suffix held in acc
+                np.multiply(out[:-acc_len], np.uint64(pow(base, acc_len, 1 << 64)), out=tmp[acc_len:])
+                acc[acc_len:] += tmp[acc_len:]
             acc_len += span
-        rem >>= 1
-        if rem:
-            out[span:] += out[:-span] * np.uint64(pow(base, span, 1 << 64))
+        ctx >>= 1
+        if ctx:
+            np.multiply(out[:-span], np.uint64(pow(base, span, 1 << 64)), out=tmp[span:])
+            out[span:] += tmp[span:]
             span *= 2
     # Spread every token into the high bits, which the sort in `_query_then_count` keys on.
     acc *= np.uint64(base)
-    acc ^= acc >> np.uint64(29)
+    np.right_shift(acc, np.uint64(29), out=tmp)
+    acc ^= tmp
     acc *= _MIX
-    acc ^= acc >> np.uint64(32)
+    np.right_shift(acc, np.uint64(32), out=tmp)
+    acc ^= tmp
     return acc
 
 
@@ -178,8 +182,11 @@ def hints(tokens, order: str = "stream", *, ngram: int = 16, threshold: float = 
         if not np.array_equal(np.bincount(seq, minlength=n), np.ones(n, np.int64)):
             raise ValueError("update_order must list every target exactly once")
         seq = seq[full[seq]]
-    keys = _context_keys(src, ctx, 0x9E3779B97F4A7C15)[seq]
-    ti, tt, tc, tot, fi = _query_then_count(keys, tok[seq + 1])
+    keys = _context_keys(src, ctx, 0x9E3779B97F4A7C15)
+    if order == "stream":  # slices: no gathers
+        ti, tt, tc, tot, fi = _query_then_count(keys[ctx - 1:], tok[ctx:])
+    else:
+        ti, tt, tc, tot, fi = _query_then_count(keys[seq], tok[seq + 1])
     pos, ref = seq[ti], seq[fi]
     if verify and not all(np.array_equal(src[pos - j], src[ref - j]) for j in range(ctx)):
         raise RuntimeError("n-gram tilt: two contexts share a 64-bit key")

@@ -274,6 +274,27 @@ def test_pr2135_preset_matches_the_logged_configuration():
     cfg = load_preset("pr2135")
     assert cfg.ttt.lora_sites == ("q", "v", "o", "mlp") and cfg.eval.ngram_tilt == "causal"
     assert cfg.ttt.peer_mode == "off"
+    # One calibration batch is a rank's micro-batch: 786,432 / 8 ranks = 48 windows of 2,048 tokens.
+    assert cfg.train.train_batch_tokens // 8 // cfg.quant.calibration_seq_len == 48
+
+
+def test_preset_show_prints_the_resolved_config(capsys):
+    from pgolf.app.cli import main
+    assert main(["preset", "show", "pr2135", "--set", "eval.ngram_tilt=stream"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown == json.loads(load_preset("pr2135", {"eval.ngram_tilt": "stream"}).to_json())
+    assert shown["eval"]["ngram_tilt"] == "stream" and shown["model"]["smear_gate_bos_fix"] is False
+    assert main(["preset", "show", "pr2153"]) == 2  # one line, exit 2, naming the close preset
+    assert "did you mean pr2135" in capsys.readouterr().err
+
+
+def test_2135s_environment_knobs_map_to_the_new_fields():
+    from pgolf.app.envknobs import env_overrides
+    env = {"SMEAR_GATE_BOS_FIX": "0", "TTT_K_LORA": "0", "TTT_Q_LORA": "1", "TTT_V_LORA": "1",
+           "NGRAM_TILT_ENABLED": "1", "TOKEN_ORDER": "16", "TOKEN_THRESHOLD": "0.8", "TOKEN_BOOST": "2.625"}
+    got = env_overrides(env, load_preset("record"))
+    assert got == {"model.smear_gate_bos_fix": False, "ttt.mask": "no_k", "eval.ngram_tilt": "causal",
+                   "eval.ngram_order": 16, "eval.ngram_threshold": 0.8, "eval.ngram_beta": 2.625}
 
 
 def test_pr2135_parameter_counts():
