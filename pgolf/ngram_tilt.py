@@ -48,6 +48,7 @@ import torch
 BOS_ID = 1
 ORDERS = ("off", "causal", "stream")
 _MIX = np.uint64(0xFF51AFD7ED558CCD)
+_BASE = 0x9E3779B97F4A7C15
 
 
 @dataclass
@@ -102,8 +103,9 @@ def _starts(a: np.ndarray) -> np.ndarray:
 
 def _in_repeats(start: np.ndarray) -> np.ndarray:
     """True for the elements of runs (beginning where `start`) of at least two."""
-    size = np.diff(np.append(np.flatnonzero(start), start.size))
-    return np.repeat(size > 1, size)
+    keep = ~start
+    keep[:-1] |= ~start[1:]
+    return keep
 
 
 def _query_then_count(keys: np.ndarray, nxt: np.ndarray):
@@ -164,17 +166,22 @@ def hints(tokens, order: str = "stream", *, ngram: int = 16, threshold: float = 
     `update_order` (causal only): target indices in the order they are scored; default stream order.
     `verify` compares the token windows behind every repeated key and raises on a collision.
     """
+    if order not in ("stream", "causal"):
+        raise ValueError(f"n-gram tilt order {order!r}: stream | causal")
     tok = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens)
     n = tok.size - 1
     ctx = ngram - 1
     out = Hints(np.full(n, -1, np.int32), np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros(n, bool))
     if n < ctx:
         return out
-    src = tok[:n].copy()
     if order == "stream":
+        src = tok[:n].copy()
         src[0] = tok[1]  # the ring starts seeded with the first target
-        seq = np.arange(ctx - 1, n)
+        keys = _context_keys(src, ctx, _BASE)
+        ti, tt, tc, tot, fi = _query_then_count(keys[ctx - 1:], tok[ctx:])  # slices: no gathers
+        pos, ref = ti + ctx - 1, fi + ctx - 1
     else:
+        src = tok[:n]
         ar = np.arange(n)
         last_bos = np.maximum.accumulate(np.where(src == BOS_ID, ar, -1))
         full = (last_bos >= 0) & (last_bos <= ar - ctx + 1)
@@ -182,17 +189,12 @@ def hints(tokens, order: str = "stream", *, ngram: int = 16, threshold: float = 
         if not np.array_equal(np.bincount(seq, minlength=n), np.ones(n, np.int64)):
             raise ValueError("update_order must list every target exactly once")
         seq = seq[full[seq]]
-    keys = _context_keys(src, ctx, 0x9E3779B97F4A7C15)
-    if order == "stream":  # slices: no gathers
-        ti, tt, tc, tot, fi = _query_then_count(keys[ctx - 1:], tok[ctx:])
-    else:
-        ti, tt, tc, tot, fi = _query_then_count(keys[seq], tok[seq + 1])
-    pos, ref = seq[ti], seq[fi]
+        ti, tt, tc, tot, fi = _query_then_count(_context_keys(src, ctx, _BASE)[seq], tok[seq + 1])
+        pos, ref = seq[ti], seq[fi]
     if verify and not all(np.array_equal(src[pos - j], src[ref - j]) for j in range(ctx)):
         raise RuntimeError("n-gram tilt: two contexts share a 64-bit key")
     out.top_tok[pos], out.top_count[pos], out.total[pos] = tt, tc, tot
-    share = out.top_count.astype(np.float32) / np.maximum(out.total, 1).astype(np.float32)
-    out.gate = (out.total > 0) & (share >= np.float32(threshold))
+    out.gate[pos] = tc.astype(np.float32) / tot.astype(np.float32) >= np.float32(threshold)
     return out
 
 
