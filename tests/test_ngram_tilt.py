@@ -333,3 +333,18 @@ def test_audit_flags_the_stream_order_and_passes_causal(tmp_path):
     assert st == FAIL and "not yet scored" in why and "causal" in why
     causal = make_run(tmp_path, "causal", config_set={"eval.ngram_tilt": "causal", "ttt.peer_mode": "off"})
     assert status(causal) == [(PASS, "ngram_tilt=causal")]
+
+
+def test_packed_eval_tilts_only_the_scored_number():
+    from pgolf.evaluate import eval_packed
+    cfg = tilt_cfg()
+    val = shared_val(800, seed=6)
+    model = model_for(cfg)
+    plain = eval_packed(model, val, cfg.eval)
+    tilt = NgramTilt.build(cfg.eval, val.tokens)
+    tilted = eval_packed(model, val, cfg.eval, tilt=tilt)
+    g = tilt.figures()
+    assert g["ngram_scored"] == val.num_targets and tilt.gated > 0
+    assert g["ngram_nats_untilted"] == pytest.approx(plain.sum_nats, rel=1e-5)
+    assert tilted.sum_nats == pytest.approx(g["ngram_nats_tilted"], rel=1e-6) and tilted.sum_nats != plain.sum_nats
+    assert tilted.num_tokens == plain.num_tokens == val.num_targets
