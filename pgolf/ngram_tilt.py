@@ -270,8 +270,9 @@ class NgramTilt:
         hit = gate & (hint == y)
         out = tilt_nll(nll, logq, hit, gate, self.beta)
         v = torch.ones_like(gate) if valid is None else valid.to(nll.device)
-        sums = torch.stack([(hit & v).sum().double(), v.sum().double(), nll.double()[v].sum(),
-                            out.double()[v].sum()])
+        # torch.where, not boolean indexing: no device sync per chunk.
+        sums = torch.stack([(hit & v).sum().double(), v.sum().double(), torch.where(v, nll.double(), 0).sum(),
+                            torch.where(v, out.double(), 0).sum()])
         self._sums = sums if self._sums is None else self._sums + sums
         return out
 
