@@ -392,7 +392,7 @@ class GPT(nn.Module):
         return nll if reduction == "mean" else nll.reshape(target_ids.shape)
 
     def _smear(self, x: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        """x_t += lambda * sigmoid(W x_t[:gate_window]) * x_{t-1}, except where token t is BOS (if the BOS fix is on)."""
+        """x_t += lambda * sigmoid(W x_t[:gate_window]) * x_{t-1}, except where token t is BOS (with the BOS fix)."""
         # The weight follows x (as the record's CastedLinear): a bf16 embedding meets it without autocast.
         gate_in = F.linear(x[:, 1:, : self.cfg.gate_window], self.smear_gate.weight.to(x.dtype))
         gate = self.smear_lambda.to(x.dtype) * torch.sigmoid(gate_in)
