@@ -45,6 +45,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pgolf.ttt.windows import chunk_size_for
+
 BOS_ID = 1
 ORDERS = ("off", "causal", "stream")
 _MIX = np.uint64(0xFF51AFD7ED558CCD)
@@ -200,7 +202,6 @@ def ttt_order(queue, ttt_cfg, num_targets: int) -> np.ndarray:
 
     Chunk ci of a batch scores every active row's targets [ci*C, (ci+1)*C) in one forward, rows in
     order; so the slot (batch, ci, row, t mod C) orders targets without a sort."""
-    from pgolf.ttt.windows import chunk_size_for
     starts, lens, slots0, rowstride, chunk = [], [], [], [], []
     base = 0
     for b in queue:
