@@ -1,7 +1,7 @@
 """The token-only n-gram tilt (#2135's scoring boost): count statistics, gate, hint and the renormalised tilt.
 
-Statistics. Target i predicts stream token T[i+1]. Its context is the `order - 1` tokens ending at
-T[i]. A table maps each context to its per-token counts. At target i the table is queried first:
+Statistics. Target i predicts stream token T[i+1]. Its context is the n - 1 tokens ending at T[i]
+(n = `eval.ngram_order`, 16). A table maps each context to its per-token counts. At target i the table is queried first:
 the hint h_i is the context's most frequent next token (on a tie, the token that reached that count
 first) and its share is top_count / total in float32. Only then is (context, T[i+1]) counted. The gate
 fires when share >= threshold; there is no minimum count, so a context seen once before fires with
@@ -16,8 +16,8 @@ Two orders of the same statistics (`eval.ngram_tilt`):
   No single order makes both causal. The audit flags this mode.
 - `causal`: the table is updated in the order pgolf scores targets (`ttt_order`: queue batch, chunk,
   row, position; stream order for the packed eval), and each target is counted right after its own
-  score. Contexts never cross a BOS: the ring is reset at every BOS, so a document's first
-  `order - 2` targets get no hint. Every count a hint uses comes from a target that was scored before
+  score. Contexts never cross a BOS: the ring is reset at every BOS, so a document's first n - 2
+  targets get no hint. Every count a hint uses comes from a target that was scored before
   it.
 
 Hash-collision choice: a context is keyed by a 64-bit polynomial hash of its tokens (mixed), compared
