@@ -40,6 +40,7 @@ SGD train on the untilted NLL.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -241,6 +242,7 @@ class NgramTilt:
         self.hint = torch.from_numpy(h.hint.astype(np.int64))
         self.beta, self.order = float(beta), order
         self.gated = int(h.gate.sum())
+        self.build_s = 0.0
         self._sums: torch.Tensor | None = None  # [hits, scored, untilted nats, tilted nats] on the scores' device
 
     @classmethod
@@ -248,9 +250,12 @@ class NgramTilt:
         """None when `eval.ngram_tilt` is off. `update_order`: the scoring order (causal; default: stream)."""
         if eval_cfg.ngram_tilt == "off":
             return None
+        t0 = time.perf_counter()
         h = hints(tokens, eval_cfg.ngram_tilt, ngram=eval_cfg.ngram_order, threshold=eval_cfg.ngram_threshold,
                   update_order=update_order if eval_cfg.ngram_tilt == "causal" else None)
-        return cls(h, eval_cfg.ngram_beta, eval_cfg.ngram_tilt)
+        tilt = cls(h, eval_cfg.ngram_beta, eval_cfg.ngram_tilt)
+        tilt.build_s = time.perf_counter() - t0
+        return tilt
 
     @classmethod
     def for_ttt(cls, cfg, tokens, queue) -> "NgramTilt | None":
@@ -282,4 +287,5 @@ class NgramTilt:
         sums = self._sums if self._sums is not None else torch.zeros(4, dtype=torch.float64)
         hits, scored, untilted, tilted = (reduce(sums) if reduce is not None else sums).tolist()
         return {"ngram_tilt": self.order, "ngram_gated": self.gated, "ngram_hits": int(hits),
-                "ngram_scored": int(scored), "ngram_nats_untilted": untilted, "ngram_nats_tilted": tilted}
+                "ngram_scored": int(scored), "ngram_nats_untilted": untilted, "ngram_nats_tilted": tilted,
+                "ngram_build_s": self.build_s}
