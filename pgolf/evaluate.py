@@ -298,7 +298,7 @@ def ttt_phase(model, val, cfg: RunConfig, log, prequant: bool = False, *, dump: 
         log.info(f"ngram_tilt:{g['ngram_tilt']} gated:{g['ngram_gated']}/{res.target_tokens} hits:{g['ngram_hits']} "
                  f"statistics:{g['ngram_build_s']:.2f}s untilted val_bpb:{untilted:.8f} "
                  f"tilted val_bpb:{res.own.bpb():.8f}")
-        fields.update(g, val_bpb_ttt_untilted=untilted)
+        fields.update(ngram=g, val_bpb_ttt_untilted=untilted)
     if prequant:  # never overwrite the artifact's scored numbers (or their labels) with an unquantized model's
         fields = {"target_tokens": fields.pop("target_tokens"), "prequant_ttt": fields}
     dumped = {}

@@ -348,3 +348,21 @@ def test_packed_eval_tilts_only_the_scored_number():
     assert g["ngram_nats_untilted"] == pytest.approx(plain.sum_nats, rel=1e-5)
     assert tilted.sum_nats == pytest.approx(g["ngram_nats_tilted"], rel=1e-6) and tilted.sum_nats != plain.sum_nats
     assert tilted.num_tokens == plain.num_tokens == val.num_targets
+
+
+def test_eval_verb_reports_tilted_and_untilted_figures(tiny_data, tmp_path_factory, capsys):
+    from pgolf.app.cli import main
+    from test_eval_cli import read_report, run_dir as make_eval_run
+
+    run = make_eval_run.__wrapped__(tiny_data, tmp_path_factory)
+    assert main(["eval", str(run)]) == 0
+    plain = read_report(run)["val_bpb_roundtrip"]
+    tilt = ["--set", "ttt.peer_mode=off", "--set", "eval.ngram_tilt=causal", "--set", "eval.ngram_order=3"]
+    assert main(["eval", str(run), *tilt]) == 0
+    rep = read_report(run)
+    assert rep["val_bpb_roundtrip"] == pytest.approx(plain, rel=1e-5)  # the untilted figure keeps its key
+    assert rep["ngram"]["ngram_tilt"] == "causal" and rep["ngram"]["val_bpb_tilted"] != rep["val_bpb_roundtrip"]
+    assert main(["eval", str(run), "--ttt", *tilt]) == 0
+    rep = read_report(run)
+    assert rep["ngram"]["ngram_scored"] == rep["target_tokens"] and rep["val_bpb_ttt_untilted"] != rep["val_bpb_ttt"]
+    assert "ngram_tilt:causal gated:" in capsys.readouterr().out

@@ -220,7 +220,8 @@ def cmd_eval(args) -> int:
         log.info(diag_line(f"{label} ngram_tilt:{g['ngram_tilt']}", meter, phases["eval_diagnostic_s"]))
         log.info(f"ngram_tilt: gated:{g['ngram_gated']}/{val.num_targets} hits:{g['ngram_hits']} "
                  f"untilted val_bpb:{untilted:.8f}")
-        fields.update(g, **{f"val_bpb_{key}_tilted": meter.bpb(), f"val_bpb_{key}": untilted})
+        fields.update(ngram=g | {"val_bpb_tilted": meter.bpb()}, **{f"val_bpb_{key}": untilted,
+                      f"val_loss_{key}": g["ngram_nats_untilted"] / g["ngram_scored"]})
     else:
         log.info(diag_line(label, meter, phases["eval_diagnostic_s"]))
         fields.update({f"val_bpb_{key}": meter.bpb(), f"val_loss_{key}": meter.loss()})

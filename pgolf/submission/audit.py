@@ -214,7 +214,7 @@ def check_legality(view: RunView) -> list[Check]:
     else:
         checks.append(Check(PASS, "legality.peer_mode", who, f"peer_mode={mode}, peer_k={peer_k}"))
 
-    tilt = rep.get("ngram_tilt", cfg_get(view.config, "eval.ngram_tilt")) or "off"
+    tilt = (rep.get("ngram") or {}).get("ngram_tilt") or cfg_get(view.config, "eval.ngram_tilt") or "off"
     if tilt == "stream":
         checks.append(Check(FAIL, "legality.ngram_tilt", who,
                             "ngram_tilt=stream: #2135's n-gram statistics run in stream order while documents are "
