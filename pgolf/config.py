@@ -74,6 +74,9 @@ class ModelConfig:
     """Leading channels fed to the SmearGate and the SparseAttnGate."""
     sparse_attn_gate: bool = True
     sparse_attn_gate_scale: float = 0.5
+    smear_gate_bos_fix: bool = True
+    """The SmearGate never mixes the previous token into a BOS. #2135 ran with it off (SMEAR_GATE_BOS_FIX=0):
+    the last token of document N then leaks into document N+1's BOS in packed training and evaluation."""
 
     def __post_init__(self) -> None:
         s = "model"
@@ -243,8 +246,22 @@ class EvalConfig:
     """>0 switches the diagnostic eval to sliding windows of eval_seq_len at this stride."""
     val_docs_limit: int = 0
     """Evaluate only the first N validation documents (0 = all); for quick CPU runs."""
+    ngram_tilt: str = "off"
+    """Token n-gram tilt of the scored NLL: off | causal (statistics in pgolf's scoring order, legal by
+    construction) | stream (#2135: stream order over the whole set before scoring; flagged by the audit)."""
+    ngram_order: int = 16
+    """n of the token n-gram: the context is the n-1 preceding tokens."""
+    ngram_threshold: float = 0.8
+    """Gate: the context's top next-token share (float32) must reach this; there is no minimum count."""
+    ngram_beta: float = 2.625
+    """Tilt strength in nats: the hinted token's logit is raised by beta and the distribution renormalised."""
 
     def __post_init__(self) -> None:
+        _check(self.ngram_tilt in ("off", "causal", "stream"), "eval", "ngram_tilt",
+               f"off|causal|stream, got {self.ngram_tilt!r}")
+        _check(self.ngram_order >= 2, "eval", "ngram_order", "must be >= 2")
+        _check(0 < self.ngram_threshold <= 1, "eval", "ngram_threshold", "must be in (0, 1]")
+        _check(self.ngram_beta >= 0, "eval", "ngram_beta", "must be >= 0")
         _check(self.eval_seq_len > 0, "eval", "eval_seq_len", "must be > 0")
         _check(self.val_batch_tokens > 0, "eval", "val_batch_tokens", "must be > 0")
         _check(0 <= self.sliding_stride <= self.eval_seq_len, "eval", "sliding_stride",
@@ -272,7 +289,7 @@ class TTTConfig:
     eps: float = 1e-10
     weight_decay: float = 0.25
     mask: str = "no_qv"
-    """LoRA sites: all | no_q | no_v | no_qv (K, O, MLP and head are always on)."""
+    """LoRA sites: all | no_q | no_v | no_qv (K, O, MLP and head on) | no_k (#2135: Q, V, O, MLP and head)."""
     warm_start_a: bool = True
     """Per-batch reset zeroes B only; A carries over."""
     grad_steps: int = 1
@@ -302,7 +319,8 @@ class TTTConfig:
     def __post_init__(self) -> None:
         s = "ttt"
         object.__setattr__(self, "short_chunk_steps", tuple((int(a), int(b)) for a, b in self.short_chunk_steps))
-        _check(self.mask in ("all", "no_q", "no_v", "no_qv"), s, "mask", f"all|no_q|no_v|no_qv, got {self.mask!r}")
+        _check(self.mask in ("all", "no_q", "no_v", "no_qv", "no_k"), s, "mask",
+               f"all|no_q|no_v|no_qv|no_k, got {self.mask!r}")
         # The pr2139 mode was called "seed" (after #2139, the baseline pgolf reproduces), a word that also
         # names the RNG seed and a preset; configs and reports written before the rename still load.
         if self.peer_mode == "seed":
@@ -324,9 +342,10 @@ class TTTConfig:
     @property
     def lora_sites(self) -> tuple[str, ...]:
         """Per-block sites with an adapter ('head' is always adapted too)."""
-        q = self.mask in ("all", "no_v")
-        v = self.mask in ("all", "no_q")
-        return tuple(x for x, on in (("q", q), ("k", True), ("v", v), ("o", True), ("mlp", True)) if on)
+        q = self.mask in ("all", "no_v", "no_k")
+        v = self.mask in ("all", "no_q", "no_k")
+        k = self.mask != "no_k"
+        return tuple(x for x, on in (("q", q), ("k", k), ("v", v), ("o", True), ("mlp", True)) if on)
 
 
 # --------------------------------------------------------------------------- run
@@ -347,6 +366,9 @@ class RunConfig:
                f"{self.eval.eval_seq_len} exceeds model.max_seq_len {m.max_seq_len}")
         _check(self.ttt.eval_seq_len <= m.max_seq_len, "ttt", "eval_seq_len",
                f"{self.ttt.eval_seq_len} exceeds model.max_seq_len {m.max_seq_len}")
+        # The tilt renormalises one model distribution; a peer blend of tilted scores would not sum to 1.
+        _check(self.eval.ngram_tilt == "off" or self.ttt.peer_mode == "off" or self.ttt.peer_k <= 1, "eval",
+               "ngram_tilt", f"needs ttt.peer_mode=off or peer_k=1 (got {self.ttt.peer_mode}, k={self.ttt.peer_k})")
 
     # -- (de)serialisation ---------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

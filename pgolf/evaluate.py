@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +44,9 @@ from pgolf.quant.mixed import dequantize_state_dict
 from pgolf.rundir import RunDir
 from pgolf.ttt.peer_modes import ensemble_class
 from pgolf.ttt.score_first import run_ttt
+
+if TYPE_CHECKING:
+    from pgolf.ngram_tilt import NgramTilt
 
 # A callback told about every scored span: (first target index, per-target NLL in nats [n] fp32).
 ScoredHook = Callable[[int, Tensor], None]
@@ -100,13 +103,25 @@ def _eval_mode(model: nn.Module):
         model.train(was_training)
 
 
-def _score_row(model: nn.Module, x: Tensor, y: Tensor, cu_seqlens: Tensor, max_seqlen: int) -> Tensor:
-    """Per-target NLL (nats, fp32) [n] of one packed row."""
+def _score_row(model: nn.Module, x: Tensor, y: Tensor, cu_seqlens: Tensor, max_seqlen: int,
+               tilt: NgramTilt | None = None, targets: Tensor | None = None, scored: Tensor | None = None) -> Tensor:
+    """Per-target NLL (nats, fp32) [n] of one packed row; n-gram tilted when `tilt` is given.
+
+    `targets`: the target index of each position (for the tilt's hints); `scored`: the positions whose
+    score counts (the tilt's figures), default all."""
     device = model_device(model)
     with policy_for(device).autocast():
-        nll = model(x.to(device)[None], y.to(device)[None], cu_seqlens=cu_seqlens.to(device),
-                    max_seqlen=max_seqlen, reduction="none")
-    return nll.reshape(-1).float()
+        if tilt is None:
+            nll = model(x.to(device)[None], y.to(device)[None], cu_seqlens=cu_seqlens.to(device),
+                        max_seqlen=max_seqlen, reduction="none")
+            return nll.reshape(-1).float()
+        logits = model(x.to(device)[None], cu_seqlens=cu_seqlens.to(device), max_seqlen=max_seqlen)
+    # The tilt needs p(hint) from the same full-vocabulary softmax as the target's probability.
+    logp = torch.log_softmax(logits[0].float(), dim=-1)
+    hint = tilt.hints_at(targets)
+    nll = -logp.gather(-1, y.to(device)[:, None]).squeeze(-1)
+    logq = logp.gather(-1, hint.to(device).clamp(min=0)[:, None]).squeeze(-1)
+    return tilt.apply(nll, logq, hint, y, scored)
 
 
 def _finish(meter: BpbMeter) -> BpbMeter:
@@ -115,18 +130,19 @@ def _finish(meter: BpbMeter) -> BpbMeter:
 
 
 def eval_packed(model: nn.Module, val, cfg: EvalConfig, meter: BpbMeter | None = None, *,
-                on_scored: ScoredHook | None = None) -> BpbMeter:
+                on_scored: ScoredHook | None = None, tilt: NgramTilt | None = None) -> BpbMeter:
     """Score all `val.num_targets` targets in packed batches; returns the all-reduced meter.
 
     With `cfg.sliding_stride > 0` this is `eval_sliding(model, val, cfg.eval_seq_len,
     cfg.sliding_stride)` instead (the config's switch). `meter`, if given, must hold only
     this rank's sums: it is all-reduced at the end. `on_scored(first_target, nll)` sees
-    every scored span (for NLL dumps). Every rank must call this (collective).
+    every scored span (for NLL dumps). `tilt` (`NgramTilt.build(cfg, val.tokens)`: statistics in stream
+    order, this evaluation's scoring order) tilts the scored NLL. Every rank must call this (collective).
     """
     if cfg.sliding_stride > 0:
         batch_tokens = max(cfg.eval_seq_len, cfg.val_batch_tokens // get_dist().world_size)
         return eval_sliding(model, val, cfg.eval_seq_len, cfg.sliding_stride, meter=meter,
-                            batch_tokens=batch_tokens, on_scored=on_scored)
+                            batch_tokens=batch_tokens, on_scored=on_scored, tilt=tilt)
     meter = meter if meter is not None else BpbMeter()
     d = get_dist()
     tokens, token_bytes = val.tokens, val.token_bytes
@@ -135,7 +151,7 @@ def eval_packed(model: nn.Module, val, cfg: EvalConfig, meter: BpbMeter | None =
             x = tokens[start:end]
             y = tokens[start + 1:end + 1]
             cu_seqlens, max_seqlen = build_cu_seqlens(x, cfg.eval_seq_len)
-            nll = _score_row(model, x, y, cu_seqlens, max_seqlen)
+            nll = _score_row(model, x, y, cu_seqlens, max_seqlen, tilt, torch.arange(start, end))
             meter.add(nll, token_bytes[start + 1:end + 1].to(nll.device))
             if on_scored is not None:
                 on_scored(start, nll)
@@ -143,7 +159,8 @@ def eval_packed(model: nn.Module, val, cfg: EvalConfig, meter: BpbMeter | None =
 
 
 def eval_sliding(model: nn.Module, val, seq_len: int, stride: int, *, meter: BpbMeter | None = None,
-                 batch_tokens: int = 65_536, on_scored: ScoredHook | None = None) -> BpbMeter:
+                 batch_tokens: int = 65_536, on_scored: ScoredHook | None = None,
+                 tilt: NgramTilt | None = None) -> BpbMeter:
     """Sliding-window eval: windows of `seq_len` at `stride`, each target scored once.
 
     Several windows are packed into one row of at most max(batch_tokens, seq_len)
@@ -170,7 +187,11 @@ def eval_sliding(model: nn.Module, val, seq_len: int, stride: int, *, meter: Bpb
                 offset += end - ws
             x, y = torch.cat(xs), torch.cat(ys)
             cu_seqlens, max_seqlen = build_cu_seqlens(x, seq_len, starts=starts)
-            nll_row = _score_row(model, x, y, cu_seqlens, max_seqlen)
+            targets = scored = None
+            if tilt is not None:
+                targets = torch.cat([torch.arange(ws, end) for ws, _, end in group])
+                scored = torch.cat([torch.arange(ws, end) >= ss for ws, ss, end in group])
+            nll_row = _score_row(model, x, y, cu_seqlens, max_seqlen, tilt, targets, scored)
             for (ws, ss, end), row_start in zip(group, starts):
                 nll = nll_row[row_start + ss - ws:row_start + end - ws]
                 meter.add(nll, token_bytes[ss + 1:end + 1].to(nll.device))
@@ -275,6 +296,13 @@ def ttt_phase(model, val, cfg: RunConfig, log, prequant: bool = False, *, dump: 
     if not res.compliant:
         fields["compliance_note"] = (f"NON-COMPLIANT: peer_mode={t.peer_mode} (#2139 as submitted) violates C1 and "
                                      "C4; use peer_mode=causal")
+    if res.ngram is not None:
+        g = res.ngram
+        untilted = res.own.bpb() * g["ngram_nats_untilted"] / res.own.sum_nats
+        log.info(f"ngram_tilt:{g['ngram_tilt']} gated:{g['ngram_gated']}/{res.target_tokens} hits:{g['ngram_hits']} "
+                 f"statistics:{g['ngram_build_s']:.2f}s untilted val_bpb:{untilted:.8f} "
+                 f"tilted val_bpb:{res.own.bpb():.8f}")
+        fields.update(ngram=g, val_bpb_ttt_untilted=untilted)
     if prequant:  # never overwrite the artifact's scored numbers (or their labels) with an unquantized model's
         fields = {"target_tokens": fields.pop("target_tokens"), "prequant_ttt": fields}
     dumped = {}

@@ -392,13 +392,14 @@ class GPT(nn.Module):
         return nll if reduction == "mean" else nll.reshape(target_ids.shape)
 
     def _smear(self, x: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        """x_t += lambda * sigmoid(W x_t[:gate_window]) * x_{t-1}, except where token t is BOS."""
+        """x_t += lambda * sigmoid(W x_t[:gate_window]) * x_{t-1}, except where token t is BOS (with the BOS fix)."""
         # The weight follows x (as the record's CastedLinear): a bf16 embedding meets it without autocast.
         gate_in = F.linear(x[:, 1:, : self.cfg.gate_window], self.smear_gate.weight.to(x.dtype))
         gate = self.smear_lambda.to(x.dtype) * torch.sigmoid(gate_in)
-        # Without this mask the last token of document N would leak into document N+1's BOS.
-        not_bos = (input_ids[:, 1:] != BOS_ID).to(x.dtype).unsqueeze(-1)
-        return torch.cat((x[:, :1], x[:, 1:] + gate * x[:, :-1] * not_bos), dim=1)
+        prev = x[:, :-1]
+        if self.cfg.smear_gate_bos_fix:  # else the last token of document N leaks into document N+1's BOS
+            prev = prev * (input_ids[:, 1:] != BOS_ID).to(x.dtype).unsqueeze(-1)
+        return torch.cat((x[:, :1], x[:, 1:] + gate * prev), dim=1)
 
     def _merge_skip(self, step: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         scaled = self.skip_weights[step].to(x.dtype) * skip

@@ -161,6 +161,8 @@ class Report:
     route_fraction: float | None = None
     coverage_tokens: int | None = None
     ttt_eval_time_s: float | None = None         # the challenge's eval timer: TTT scoring plus global SGD
+    ngram: dict | None = None                    # the n-gram tilt's figures (`NgramTilt.figures`) when it is on
+    val_bpb_ttt_untilted: float | None = None    # with the tilt on, val_bpb_ttt is tilted; this is the same run without
     # TTT on the unquantized weights (`pgolf eval --prequant --ttt`): the same figures as above, never the score
     prequant_ttt: dict | None = None
     # bookkeeping

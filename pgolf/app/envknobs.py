@@ -94,6 +94,7 @@ MAPPED: dict[str, tuple[tuple[str, ...], Callable]] = {
     "SMEAR_GATE_ENABLED": (("model.smear_gate",), _bool), "GATE_WINDOW": (("model.gate_window",), _int),
     "SPARSE_ATTN_GATE_ENABLED": (("model.sparse_attn_gate",), _bool),
     "SPARSE_ATTN_GATE_SCALE": (("model.sparse_attn_gate_scale",), _float),
+    "SMEAR_GATE_BOS_FIX": (("model.smear_gate_bos_fix",), _bool),
     # train
     "SEED": (("train.seed", "ttt.peer_seed"), _int), "ITERATIONS": (("train.iterations",), _int),
     "TRAIN_BATCH_TOKENS": (("train.train_batch_tokens",), _int),
@@ -128,6 +129,10 @@ MAPPED: dict[str, tuple[tuple[str, ...], Callable]] = {
     # eval
     "EVAL_SEQ_LEN": (("eval.eval_seq_len",), _int), "VAL_BATCH_TOKENS": (("eval.val_batch_tokens",), _int),
     "EVAL_INCLUDE_TAIL": (("eval.include_tail",), _bool),
+    # #2135's n-gram tilt: on means pgolf's causal order (eval.ngram_tilt=stream reproduces #2135's order)
+    "NGRAM_TILT_ENABLED": (("eval.ngram_tilt",), lambda n, v: "causal" if _bool(n, v) else "off"),
+    "TOKEN_ORDER": (("eval.ngram_order",), _int), "TOKEN_THRESHOLD": (("eval.ngram_threshold",), _float),
+    "TOKEN_BOOST": (("eval.ngram_beta",), _float),
     # ttt
     "TTT_ENABLED": (("ttt.enabled",), _bool), "TTT_EVAL_SEQ_LEN": (("ttt.eval_seq_len",), _int),
     "TTT_BATCH_SIZE": (("ttt.batch_size",), _int), "TTT_CHUNK_SIZE": (("ttt.chunk_size",), _int),
@@ -151,7 +156,8 @@ MAPPED: dict[str, tuple[tuple[str, ...], Callable]] = {
 }
 
 # Handled specially in config_from_env: the stages and their largest length / the TTT mask's Q and V bits.
-SPECIAL = ("TRAIN_SEQ_SCHEDULE", "TRAIN_SEQ_LEN", "TTT_Q_LORA", "TTT_V_LORA", "TTT_SHORT_SCORE_FIRST_ENABLED")
+SPECIAL = ("TRAIN_SEQ_SCHEDULE", "TRAIN_SEQ_LEN", "TTT_Q_LORA", "TTT_V_LORA", "TTT_K_LORA",
+           "TTT_SHORT_SCORE_FIRST_ENABLED")
 
 # Switches pgolf implements one way only: the seed's (only) accepted value, compared as a string.
 FIXED: dict[str, str] = {
@@ -159,7 +165,7 @@ FIXED: dict[str, str] = {
     "GATED_ATTN_ENABLED": "0", "ATTN_OUT_GATE_ENABLED": "0", "SPARSE_ATTN_GATE_INIT_STD": "0.0",
     "TRAIN_SEQ_SCHEDULE_MODE": "wallclock", "WARMDOWN_ITERS": "0", "MIDRUN_CAP_SCHEDULE": "",
     "LQER_ASYM_ENABLED": "1", "LQER_SCOPE": "all", "LQER_GAIN_SELECT": "0", "VAL_DOC_FRACTION": "1.0",
-    "TTT_OPTIMIZER": "adam", "TTT_K_LORA": "1", "TTT_O_LORA": "1", "TTT_MLP_LORA": "1",
+    "TTT_OPTIMIZER": "adam", "TTT_O_LORA": "1", "TTT_MLP_LORA": "1",
     "TTT_EVAL_BATCHES": "", "TTT_SHORT_LORA_ENABLED": "0", "TTT_TRAIN_MIN_DOC_LEN": "0",
     "TTT_TRAIN_MAX_DOC_LEN": "0", "TTT_WARM_START_MEAN_ENABLED": "0", "GLOBAL_TTT_BATCH_SEQS": "32",
     "GLOBAL_TTT_WARMUP_START_LR": "0.0", "GLOBAL_TTT_WARMUP_CHUNKS": "0",
@@ -286,6 +292,10 @@ def _apply_ttt_mask(env: dict[str, str], base: RunConfig, flat: dict[str, Any]) 
     if "TTT_Q_LORA" in env or "TTT_V_LORA" in env:
         flat["ttt.mask"] = {(True, True): "all", (False, True): "no_q", (True, False): "no_v",
                             (False, False): "no_qv"}[(q, v)]
+    if "TTT_K_LORA" in env and not _bool("TTT_K_LORA", env["TTT_K_LORA"]):
+        if not (q and v):  # #2135's layout: K off with Q and V always on
+            raise ConfigError("TTT_K_LORA=0: pgolf implements K off only with Q and V on (#2135's layout)")
+        flat["ttt.mask"] = "no_k"
 
 
 def _raise_rope_length(base: RunConfig, flat: dict[str, Any]) -> None:

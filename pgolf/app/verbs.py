@@ -27,6 +27,7 @@ from pgolf.distributed import all_reduce_sum, cleanup, get_dist, init_distribute
 from pgolf.download import download
 from pgolf.errors import ArtifactError, ConfigError, DataError
 from pgolf.evaluate import ScoredHook, diag_line, eval_packed, load_scored_model, model_device, sync, ttt_phase
+from pgolf.ngram_tilt import NgramTilt
 from pgolf.prepare import prepare_data, summary_lines
 from pgolf.quantize import quantize_run
 from pgolf.rundir import RunDir
@@ -122,6 +123,12 @@ def eval_config(args) -> RunConfig:
                           **{"ttt.peer_mode": args.peer_mode, "ttt.peer_k": args.peer_k})
 
 
+def cmd_preset_show(args) -> int:
+    """`pgolf preset show NAME [--set ...]`: the resolved config, every field, as JSON."""
+    print(resolve_config(args, args.name).to_json())
+    return 0
+
+
 def cmd_train(args) -> int:
     """`pgolf train`: resolve the config, guard the run directory, train, print a summary.
 
@@ -207,14 +214,15 @@ class NllCollector:
 
 
 def timed_eval(model, val, cfg: RunConfig, hook: ScoredHook | None = None,
-               label: str = "eval") -> tuple[BpbMeter, float]:
+               label: str = "eval", tilt: NgramTilt | None = None) -> tuple[BpbMeter, float]:
     """`eval_packed` with the device synchronised around the timer (and a progress bar on a terminal)."""
     device = model_device(model)
     bar = EvalProgress(val, label)
     sync(device)
     t0 = time.perf_counter()
     try:
-        meter = eval_packed(model, val, cfg.eval, on_scored=chain(hook, bar.packed if bar.enabled else None))
+        meter = eval_packed(model, val, cfg.eval, on_scored=chain(hook, bar.packed if bar.enabled else None),
+                            tilt=tilt)
         sync(device)
     finally:
         bar.close()
@@ -245,11 +253,22 @@ def cmd_eval(args) -> int:
     model, phases["eval_load_s"] = load_scored_model(run, cfg, prequant=args.prequant)
     log.info(f"Deserialize: {'load' if args.prequant else 'decompression'} done in {phases['eval_load_s']:.1f}s")
     hook = NllCollector(val.num_targets) if args.dump_nll and not args.ttt else None
-    meter, phases["eval_diagnostic_s"] = timed_eval(model, val, cfg, hook)
+    # Without TTT the packed eval is the score, so it carries the n-gram tilt (statistics in its stream order).
+    tilt = None if args.ttt else NgramTilt.build(cfg.eval, val.tokens)
+    meter, phases["eval_diagnostic_s"] = timed_eval(model, val, cfg, hook, tilt)
     label = "diagnostic pre-quantization post-ema" if args.prequant else "diagnostic quantized"
-    log.info(diag_line(label, meter, phases["eval_diagnostic_s"]))
     key = "prequant" if args.prequant else "roundtrip"
-    fields.update({f"val_bpb_{key}": meter.bpb(), f"val_loss_{key}": meter.loss()})
+    if tilt is not None:
+        g = tilt.figures(lambda t: all_reduce_sum(t.to(get_dist().device)))
+        untilted = meter.bpb() * g["ngram_nats_untilted"] / meter.sum_nats
+        log.info(diag_line(f"{label} ngram_tilt:{g['ngram_tilt']}", meter, phases["eval_diagnostic_s"]))
+        log.info(f"ngram_tilt: gated:{g['ngram_gated']}/{val.num_targets} hits:{g['ngram_hits']} "
+                 f"untilted val_bpb:{untilted:.8f}")
+        fields.update(ngram=g | {"val_bpb_tilted": meter.bpb()}, **{f"val_bpb_{key}": untilted,
+                      f"val_loss_{key}": g["ngram_nats_untilted"] / g["ngram_scored"]})
+    else:
+        log.info(diag_line(label, meter, phases["eval_diagnostic_s"]))
+        fields.update({f"val_bpb_{key}": meter.bpb(), f"val_loss_{key}": meter.loss()})
 
     dumped: dict = {}
     if hook is not None:

@@ -12,7 +12,8 @@ per check with the figures behind it:
 
     size         code bytes + model bytes <= cap, equal to the claims
     time         train + calibration <= 600 s, TTT eval <= 600 s, untimed warmups listed
-    legality     peer mode (pr2139 = C1/C4 violation), ensemble coverage (C4), calibration on the clock
+    legality     peer mode (pr2139 = C1/C4 violation), n-gram tilt order (stream = not causal in the
+                 scoring order), ensemble coverage (C4), calibration on the clock
     data         train shards, val targets, manifest hash (the challenge's 80 / 47,853,343 for record runs)
     consistency  submission.json = report.json = logs, seeds present and counted, one config across seeds
     artifact     the artifact decodes (magic, tag, checksum, streams)
@@ -221,6 +222,15 @@ def check_legality(view: RunView) -> list[Check]:
                             "other; C4: targets scored twice); use peer_mode=causal"))
     else:
         checks.append(Check(PASS, "legality.peer_mode", who, f"peer_mode={mode}, peer_k={peer_k}"))
+
+    tilt = (rep.get("ngram") or {}).get("ngram_tilt") or cfg_get(view.config, "eval.ngram_tilt") or "off"
+    if tilt == "stream":
+        checks.append(Check(FAIL, "legality.ngram_tilt", who,
+                            "ngram_tilt=stream: #2135's n-gram statistics run in stream order while documents are "
+                            "scored longest first, so hints use counts from documents not yet scored (C1/C3 under "
+                            "the scoring order); use ngram_tilt=causal"))
+    else:
+        checks.append(Check(PASS, "legality.ngram_tilt", who, f"ngram_tilt={tilt}"))
 
     target = _int(rep.get("target_tokens"))
     coverage = _int(rep.get("coverage_tokens"))

@@ -44,10 +44,11 @@ Meters are gathered per (virtual) rank and added in rank order at the end, and
 from __future__ import annotations
 
 import copy
+import importlib
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -63,6 +64,9 @@ from pgolf.ttt.peer_modes import make_ensemble
 from pgolf.ttt.rank_schedule import assign_batches, ranks_here, window_tokens
 from pgolf.ttt.windows import (DocSpan, TTTBatch, Windows, build_queue, build_windows, chunk_size_for, chunk_span,
                                num_chunks, score_windows)
+
+if TYPE_CHECKING:
+    from pgolf.ngram_tilt import NgramTilt
 
 # --------------------------------------------------------------------------- result
 
@@ -94,6 +98,8 @@ class TTTResult:
     target_bytes: np.ndarray | None = None
     positions: np.ndarray | None = None
     score_counts: np.ndarray | None = None
+    ngram: dict | None = None
+    """The n-gram tilt's figures (`NgramTilt.figures`) when `eval.ngram_tilt` is on; the own meter is then tilted."""
 
     @property
     def peers_scored(self) -> bool:
@@ -175,6 +181,7 @@ class _Run:
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.reusable: BatchedLoRA | None = None
         self.ensemble = make_ensemble(self.t, self)
+        self.tilt: NgramTilt | None = None
         n = self.tokens.numel()
         if peer is not None:  # another virtual rank of this process: its targets are disjoint, the dump is shared
             self.nll_own, self.nll_final, self.counts = peer.nll_own, peer.nll_final, peer.counts
@@ -271,10 +278,13 @@ class _Run:
             w = build_windows(self.tokens, sub, [chunk_span(ci, d.pred_len, chunk, t.eval_seq_len) for d in sub])
             # Activation row i must use adapter row rows[i] once finished docs have dropped out.
             lora.peer_index = None if len(rows) == bsz else torch.tensor(rows, device=self.device)
+            hint = self.tilt.hints_at(w.stream_pos - 1) if self.tilt is not None else None
             with torch.set_grad_enabled(bool(train_rows)):  # no graph when no row of the chunk trains
-                nll, entropy = score_windows(self.fwd, lora, w, self.device, self.autocast,
-                                             want_entropy=want_entropy)
+                nll, entropy, *logq = score_windows(self.fwd, lora, w, self.device, self.autocast,
+                                                    want_entropy=want_entropy, hint=hint)
             nll_d = nll.detach()
+            if self.tilt is not None:  # the scored number only: the update below trains on the untilted nll
+                nll_d = self.tilt.apply(nll_d, logq[0], hint, self.tokens[w.stream_pos], w.valid)
             self.commit_own(sub, w, nll_d)
             self.ensemble.commit(rows, w, nll_d, entropy)
             # Scores are committed; only now may the chunk's targets update the adapters.
@@ -330,13 +340,26 @@ def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool
                 run.fwd = fwd
         claimer = _Claimer(f"pgolf_ttt/{next(_CALLS)}")
         t_eval = time.perf_counter()
+        ends = [nb for nb, _ in pauses] + [len(queue)]
+        plans, batch_ranks = [], None  # static: each segment's batches per virtual rank, fixed before any runs
+        if t.schedule == "static":
+            batch_ranks = [0] * len(queue)
+            for lo, hi in zip([0] + ends[:-1], ends):
+                plans.append([[lo + i for i in b] for b in assign_batches([window_tokens(b, t) for b in queue[lo:hi]],
+                                                                          t.virtual_ranks)])
+                for v, qis in enumerate(plans[-1]):
+                    for qi in qis:
+                        batch_ranks[qi] = v
+        if cfg.eval.ngram_tilt != "off":  # imported by name: only a tilted record packs the module
+            tilt = importlib.import_module("pgolf.ngram_tilt").NgramTilt.for_ttt(cfg, runs[0].tokens, queue,
+                                                                                 batch_ranks)
+            for run in runs:  # built inside the eval timer, as #2135's precompute
+                run.tilt = tilt
         sgd_s = 0.0
         lo = 0
-        ends = [nb for nb, _ in pauses] + [len(queue)]
         for seg, hi in enumerate(ends):
             if t.schedule == "static":
-                plan = assign_batches([window_tokens(b, t) for b in queue[lo:hi]], t.virtual_ranks)
-                work = [(run, [lo + i for i in plan[v]]) for v, run in zip(vranks, runs)]
+                work = [(run, plans[seg][v]) for v, run in zip(vranks, runs)]
             else:
                 work = [(runs[0], iter(lambda: claimer.next(seg, lo, hi), None))]
             for (run, qis), v in zip(work, vranks):
@@ -412,7 +435,9 @@ def _finish(runs: list[_Run], val, cfg: RunConfig, queue, num_phases: int, num_r
                      compliant=ensemble.compliant, peers_on=ensemble.peers_on, coverage_tokens=covered,
                      target_tokens=target_tokens, routed_tokens=routed, num_batches=len(queue),
                      num_global_phases=num_phases, schedule=cfg.ttt.schedule, virtual_ranks=num_ranks,
-                     phase_seconds=seconds, **arrays)
+                     phase_seconds=seconds,
+                     ngram=run.tilt.figures(lambda t: all_reduce_sum(t.to(get_dist().device))) if run.tilt else None,
+                     **arrays)
 
 
 def _compile_and_warm(model, cfg: RunConfig, run: _Run, backend: str = "inductor") -> tuple[Any, float]:

@@ -112,8 +112,11 @@ def build_windows(tokens: torch.Tensor, docs: Sequence[DocSpan], spans: Sequence
 
 
 def score_windows(fwd, adapters, w: Windows, device: torch.device, autocast, *,
-                  want_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """NLL [n, S] of the scored targets (carrying the graph if grad is enabled) and the own entropy (detached)."""
+                  want_entropy: bool, hint: torch.Tensor | None = None):
+    """NLL [n, S] of the scored targets (carrying the graph if grad is enabled) and the own entropy (detached).
+
+    With `hint` (long [n, S], -1 = none) a third value follows: log p(hint) [n, S] (detached) from the same
+    softmax, for the n-gram tilt."""
     with autocast():
         logits = fwd(w.x.to(device), adapters=adapters)
     rows = torch.arange(w.x.shape[0], device=device)[:, None]
@@ -122,4 +125,6 @@ def score_windows(fwd, adapters, w: Windows, device: torch.device, autocast, *,
     logp = torch.log_softmax(logits[rows, cols].float(), dim=-1)                # [n, S, V]
     nll = -logp.gather(-1, w.y.to(device)[rows, cols][..., None]).squeeze(-1)
     entropy = entropy_nats(logp.detach()) if want_entropy else None
-    return nll, entropy
+    if hint is None:
+        return nll, entropy
+    return nll, entropy, logp.detach().gather(-1, hint.to(device).clamp(min=0)[..., None]).squeeze(-1)
