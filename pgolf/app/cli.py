@@ -136,14 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(p)
     p.set_defaults(handler=cmd_run)
 
-    # ---- preset
-    preset = sub.add_parser("preset", help="inspect the named configurations")
-    psub = preset.add_subparsers(dest="preset_verb", metavar="ACTION", required=True)
-    p = psub.add_parser("show", help="print a preset's resolved config as JSON (defaults + preset + overrides)")
-    p.add_argument("name", help="a preset name (record, seed, pr2135, cpu, ...) or a config.json path")
-    _add_overrides(p)
-    p.set_defaults(handler=verbs.cmd_preset_show)
-
     # ---- significance
     p = sub.add_parser("significance", help="Welch t-test of per-seed bpb against a baseline (the README's bar: "
                        ">= 0.005 nats at p < 0.01), with the maintainers' paired test beside it")
@@ -171,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_preset_verbs(psub) -> None:
     """The `pgolf preset ACTION` group; each action adds its parser here."""
+    p = psub.add_parser("show", help="print a preset's resolved config as JSON (defaults + preset + overrides)")
+    p.add_argument("name", help="a preset name (record, seed, pr2135, cpu, ...) or a config.json path")
+    _add_overrides(p)
+    p.set_defaults(handler=verbs.cmd_preset_show)
     p = psub.add_parser("from-log", help="a record log's hyperparameter block -> a config.json for --config")
     p.add_argument("log", help="a record's text log (train_seed<N>.log, upstream or pgolf-made)")
     p.add_argument("--out", required=True, metavar="FILE.json", help="the config to write")

@@ -137,8 +137,8 @@ def cmd_train(args) -> int:
     that changes the config is then refused by `train` with the fields listed.
     """
     run = RunDir(args.out)
-    require_shards(args.data)  # before the run directory is touched: bad data leaves nothing behind
     cfg = train_config(args)
+    require_shards(args.data)  # before the run directory is touched: bad data leaves nothing behind
     init_distributed()
     clear_results(run, args.resume, args.overwrite)
     try:
@@ -255,7 +255,7 @@ def cmd_eval(args) -> int:
     hook = NllCollector(val.num_targets) if args.dump_nll and not args.ttt else None
     # Without TTT the packed eval is the score, so it carries the n-gram tilt (statistics in its stream order).
     tilt = None if args.ttt else NgramTilt.build(cfg.eval, val.tokens)
-    meter, phases["eval_diagnostic_s"] = timed_eval(model, val, cfg, hook, tilt)
+    meter, phases["eval_diagnostic_s"] = timed_eval(model, val, cfg, hook, tilt=tilt)
     label = "diagnostic pre-quantization post-ema" if args.prequant else "diagnostic quantized"
     key = "prequant" if args.prequant else "roundtrip"
     if tilt is not None:

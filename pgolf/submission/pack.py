@@ -179,7 +179,7 @@ def config_modules(config_json: str | None = None) -> list[str]:
     """The modules that a run of this config (default: `RunConfig()`) imports by name rather than statically:
     its TTT peer mode's, and the n-gram tilt when it is on. Other configs' choices stay out of its file."""
     cfg = RunConfig.from_dict(json.loads(config_json)) if config_json is not None else RunConfig()
-    return [PEER_MODES[cfg.ttt.peer_mode].split(":")[0]] + (["pgolf.ngram_tilt"] if cfg.eval.ngram_tilt != "off" else [])
+    return [PEER_MODES[cfg.ttt.peer_mode].split(":")[0]] + (["pgolf.ngram_tilt"] if cfg.eval.tilted else [])
 
 
 def bundled_modules(modules: dict[str, str] | None = None, config_json: str | None = None) -> list[str]:

@@ -350,7 +350,7 @@ def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool
                 for v, qis in enumerate(plans[-1]):
                     for qi in qis:
                         batch_ranks[qi] = v
-        if cfg.eval.ngram_tilt != "off":  # imported by name: only a tilted record packs the module
+        if cfg.eval.tilted:  # imported by name: only a tilted record packs the module
             tilt = importlib.import_module("pgolf.ngram_tilt").NgramTilt.for_ttt(cfg, runs[0].tokens, queue,
                                                                                  batch_ranks)
             for run in runs:  # built inside the eval timer, as #2135's precompute
