@@ -1,4 +1,4 @@
-"""Model and training-state files, and the bridge to the record's own state-dict naming.
+"""Model files, and the bridge to the record's own state-dict naming.
 
 pgolf keeps its matrices in four banks (`qo_bank`, `kv_bank`, `mlp_up_bank`,
 `mlp_down_bank`), exactly as the record's `GPT` does, so a banked pgolf state
@@ -36,7 +36,6 @@ from pgolf.errors import ArtifactError, ConfigError
 from pgolf.model import GPT
 
 MODEL_FORMAT = "pgolf-model"
-TRAIN_STATE_FORMAT = "pgolf-train-state"
 FORMAT_VERSION = 1
 
 # (unbanked suffix, bank, row offset in units of num_layers)
@@ -179,7 +178,7 @@ def load_model(path: str | os.PathLike, cfg: ModelConfig | RunConfig | None = No
     Also accepts a bare state dict (the record's banked `final_model.pt`, or its unbanked
     naming); those carry no config, so `cfg` is then required.
     """
-    obj = _load(path)
+    obj = load_weights_only(path)
     if isinstance(obj, dict) and obj.get("format") == MODEL_FORMAT:
         if obj.get("version") != FORMAT_VERSION:
             raise ArtifactError(f"{path}: model file version {obj.get('version')}, this pgolf reads {FORMAT_VERSION}")
@@ -225,43 +224,7 @@ def import_record_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig | Run
     return _model_from_state_dict(dict(sd), _model_cfg(cfg), "record state dict")
 
 
-# --------------------------------------------------------------------------- training state
-_PRIMITIVES = (int, float, str, bool, type(None))
-
-
-def _check_weights_only(obj: Any, where: str) -> None:
-    """Only what `torch.load(weights_only=True)` reads back: tensors, primitives and containers of them."""
-    if isinstance(obj, (torch.Tensor, *_PRIMITIVES)):
-        return
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if not isinstance(k, (str, int)):
-                raise TypeError(f"train state {where}: key {k!r} is a {type(k).__name__}, need str or int")
-            _check_weights_only(v, f"{where}.{k}")
-        return
-    if isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            _check_weights_only(v, f"{where}[{i}]")
-        return
-    raise TypeError(f"train state {where}: {type(obj).__name__} cannot be loaded with weights_only=True")
-
-
-def save_train_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """A resumable training state (tensors, numbers, strings, nested dicts/lists), written atomically."""
-    _check_weights_only(state, "state")
-    atomic_save({"format": TRAIN_STATE_FORMAT, "version": FORMAT_VERSION, "state": state}, path)
-
-
-def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
-    obj = _load(path)
-    if not isinstance(obj, dict) or obj.get("format") != TRAIN_STATE_FORMAT:
-        raise ArtifactError(f"{path}: not a pgolf training state")
-    if obj.get("version") != FORMAT_VERSION:
-        raise ArtifactError(f"{path}: training state version {obj.get('version')}, this pgolf reads {FORMAT_VERSION}")
-    return obj["state"]
-
-
-# --------------------------------------------------------------------------- RNG state (resume is bit-exact)
+# --------------------------------------------------------------------------- seeds and file helpers
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (the record's SEED)."""
     random.seed(seed)
@@ -269,30 +232,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict[str, Any]:
-    """Python, numpy and torch generator states in weights_only-loadable form."""
-    version, keys, gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state = {"python": [version, list(keys), gauss],
-             "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_has_gauss),
-                       float(np_gauss)],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():  # device plumbing: CUDA generators exist only with a GPU (not a policy)
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of `model`'s state dict."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, keys, gauss = state["python"]
-    random.setstate((version, tuple(keys), gauss))
-    name, keys_t, pos, has_gauss, gauss_np = state["numpy"]
-    np.random.set_state((name, keys_t.numpy().astype(np.uint32), pos, has_gauss, gauss_np))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --------------------------------------------------------------------------- file helpers
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """Write to a sibling temp file, then rename, so a kill mid-write never leaves a torn file."""
     path = Path(path)
@@ -302,7 +246,8 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def _load(path: str | os.PathLike) -> Any:
+def load_weights_only(path: str | os.PathLike) -> Any:
+    """A torch file read with `weights_only=True`; ArtifactError in one line when it cannot be."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file")

@@ -10,7 +10,7 @@ gives the same NLL as running each piece on its own.
   local_batch_seqs * eval_seq_len targets; segments longer than eval_seq_len
   are split, and a document cut by a batch edge loses its earlier context.
   Nothing is truncated: the last batch of a rank is partial.
-- `eval_sliding`: windows of seq_len tokens at a stride; each window scores only
+- `sliding_eval.eval_sliding` (`eval.sliding_stride > 0`): windows of seq_len tokens at a stride; each window scores only
   its last `stride` targets (the first window scores all of its targets, the
   last one whatever is left), so every target is scored once with at least
   seq_len - stride tokens of context (within its document).
@@ -26,6 +26,7 @@ score-first TTT on it with the seed's log lines.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import time
 from typing import TYPE_CHECKING, Callable
 
@@ -37,7 +38,6 @@ from pgolf.checkpoint import import_record_state_dict, load_model
 from pgolf.config import EvalConfig, RunConfig
 from pgolf.device import policy_for
 from pgolf.distributed import get_dist, sync
-from pgolf.errors import ConfigError
 from pgolf.loader import build_cu_seqlens
 from pgolf.quant.artifact import read_artifact
 from pgolf.quant.mixed import dequantize_state_dict
@@ -66,26 +66,6 @@ def packed_batches(num_targets: int, cfg: EvalConfig, rank: int, world_size: int
     return [(s, min(s + batch_targets, end)) for s in range(start, end, batch_targets)]
 
 
-def sliding_windows(num_targets: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
-    """(window_start, score_start, end) target indices of every sliding window.
-
-    Windows start at multiples of `stride` and cover [window_start, end) with
-    end = min(window_start + seq_len, num_targets); each scores its last `stride`
-    targets [window_start + seq_len - stride, end), the first window all of them.
-    The scored ranges tile [0, num_targets) exactly once, and stride == seq_len
-    gives plain non-overlapping windows.
-    """
-    assert 0 < stride <= seq_len, (stride, seq_len)
-    if num_targets <= 0:
-        return []
-    out = [(0, 0, min(seq_len, num_targets))]
-    window_start = stride
-    while window_start + seq_len - stride < num_targets:
-        out.append((window_start, window_start + seq_len - stride, min(window_start + seq_len, num_targets)))
-        window_start += stride
-    return out
-
-
 # --------------------------------------------------------------------------- scoring
 def model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
@@ -93,7 +73,7 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module):
+def eval_mode(model: nn.Module):
     was_training = model.training
     model.eval()
     try:
@@ -103,7 +83,7 @@ def _eval_mode(model: nn.Module):
         model.train(was_training)
 
 
-def _score_row(model: nn.Module, x: Tensor, y: Tensor, cu_seqlens: Tensor, max_seqlen: int,
+def score_row(model: nn.Module, x: Tensor, y: Tensor, cu_seqlens: Tensor, max_seqlen: int,
                tilt: NgramTilt | None = None, targets: Tensor | None = None, scored: Tensor | None = None) -> Tensor:
     """Per-target NLL (nats, fp32) [n] of one packed row; n-gram tilted when `tilt` is given.
 
@@ -124,7 +104,7 @@ def _score_row(model: nn.Module, x: Tensor, y: Tensor, cu_seqlens: Tensor, max_s
     return tilt.apply(nll, logq, hint, y, scored)
 
 
-def _finish(meter: BpbMeter) -> BpbMeter:
+def all_reduced(meter: BpbMeter) -> BpbMeter:
     meter.all_reduce()
     return meter
 
@@ -133,7 +113,7 @@ def eval_packed(model: nn.Module, val, cfg: EvalConfig, meter: BpbMeter | None =
                 on_scored: ScoredHook | None = None, tilt: NgramTilt | None = None) -> BpbMeter:
     """Score all `val.num_targets` targets in packed batches; returns the all-reduced meter.
 
-    With `cfg.sliding_stride > 0` this is `eval_sliding(model, val, cfg.eval_seq_len,
+    With `cfg.sliding_stride > 0` this is `sliding_eval.eval_sliding(model, val, cfg.eval_seq_len,
     cfg.sliding_stride)` instead (the config's switch). `meter`, if given, must hold only
     this rank's sums: it is all-reduced at the end. `on_scored(first_target, nll)` sees
     every scored span (for NLL dumps). `tilt` (`NgramTilt.build(cfg, val.tokens)`: statistics in stream
@@ -141,63 +121,23 @@ def eval_packed(model: nn.Module, val, cfg: EvalConfig, meter: BpbMeter | None =
     """
     if cfg.sliding_stride > 0:
         batch_tokens = max(cfg.eval_seq_len, cfg.val_batch_tokens // get_dist().world_size)
-        return eval_sliding(model, val, cfg.eval_seq_len, cfg.sliding_stride, meter=meter,
-                            batch_tokens=batch_tokens, on_scored=on_scored, tilt=tilt)
+        # By name: only a config with a stride packs the sliding evaluation.
+        return importlib.import_module("pgolf.sliding_eval").eval_sliding(
+            model, val, cfg.eval_seq_len, cfg.sliding_stride, meter=meter, batch_tokens=batch_tokens,
+            on_scored=on_scored, tilt=tilt)
     meter = meter if meter is not None else BpbMeter()
     d = get_dist()
     tokens, token_bytes = val.tokens, val.token_bytes
-    with _eval_mode(model):
+    with eval_mode(model):
         for start, end in packed_batches(val.num_targets, cfg, d.rank, d.world_size):
             x = tokens[start:end]
             y = tokens[start + 1:end + 1]
             cu_seqlens, max_seqlen = build_cu_seqlens(x, cfg.eval_seq_len)
-            nll = _score_row(model, x, y, cu_seqlens, max_seqlen, tilt, torch.arange(start, end))
+            nll = score_row(model, x, y, cu_seqlens, max_seqlen, tilt, torch.arange(start, end))
             meter.add(nll, token_bytes[start + 1:end + 1].to(nll.device))
             if on_scored is not None:
                 on_scored(start, nll)
-    return _finish(meter)
-
-
-def eval_sliding(model: nn.Module, val, seq_len: int, stride: int, *, meter: BpbMeter | None = None,
-                 batch_tokens: int = 65_536, on_scored: ScoredHook | None = None,
-                 tilt: NgramTilt | None = None) -> BpbMeter:
-    """Sliding-window eval: windows of `seq_len` at `stride`, each target scored once.
-
-    Several windows are packed into one row of at most max(batch_tokens, seq_len)
-    tokens, each window its own segment(s) (a window starts a segment; so does each
-    BOS inside it). Ranks take contiguous runs of windows. Collective.
-    """
-    if not 0 < stride <= seq_len:
-        raise ConfigError(f"eval.sliding_stride: {stride} must be in (0, seq_len={seq_len}]")
-    meter = meter if meter is not None else BpbMeter()
-    d = get_dist()
-    windows = sliding_windows(val.num_targets, seq_len, stride)
-    lo, hi = rank_target_range(len(windows), d.rank, d.world_size)
-    mine = windows[lo:hi]
-    per_row = max(1, batch_tokens // seq_len)
-    tokens, token_bytes = val.tokens, val.token_bytes
-    with _eval_mode(model):
-        for i in range(0, len(mine), per_row):
-            group = mine[i:i + per_row]
-            xs, ys, starts, offset = [], [], [], 0
-            for ws, _, end in group:
-                xs.append(tokens[ws:end])
-                ys.append(tokens[ws + 1:end + 1])
-                starts.append(offset)
-                offset += end - ws
-            x, y = torch.cat(xs), torch.cat(ys)
-            cu_seqlens, max_seqlen = build_cu_seqlens(x, seq_len, starts=starts)
-            targets = scored = None
-            if tilt is not None:
-                targets = torch.cat([torch.arange(ws, end) for ws, _, end in group])
-                scored = torch.cat([torch.arange(ws, end) >= ss for ws, ss, end in group])
-            nll_row = _score_row(model, x, y, cu_seqlens, max_seqlen, tilt, targets, scored)
-            for (ws, ss, end), row_start in zip(group, starts):
-                nll = nll_row[row_start + ss - ws:row_start + end - ws]
-                meter.add(nll, token_bytes[ss + 1:end + 1].to(nll.device))
-                if on_scored is not None:
-                    on_scored(ss, nll)
-    return _finish(meter)
+    return all_reduced(meter)
 
 
 # --------------------------------------------------------------------------- a run's model, scored

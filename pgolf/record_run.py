@@ -22,9 +22,12 @@ from pgolf.runlog import RunLog
 from pgolf.train import train
 
 
-def record_run(cfg: RunConfig, data_dir: str | Path, run: RunDir, *, code_bytes: tuple[int, int]) -> Report:
-    """Train, quantize and evaluate `cfg` on DATA_DIR into RUN; returns the run's report."""
-    train(cfg, data_dir, run.path)
+def record_run(cfg: RunConfig, data_dir: str | Path, run: RunDir, *, code_bytes: tuple[int, int],
+               checkpoints: bool = True) -> Report:
+    """Train, quantize and evaluate `cfg` on DATA_DIR into RUN; returns the run's report.
+
+    `checkpoints=False` (the packed file) trains without checkpoint.pt (`train`)."""
+    train(cfg, data_dir, run.path, checkpoints=checkpoints)
     quantized, model = quantize_run(cfg, run, code_bytes=code_bytes, data_dir=data_dir)
     log = RunLog(run.eval_log)
     # The seed's evaluation log line for the roundtrip figure quantize just computed (audits match on it).

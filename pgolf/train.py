@@ -19,7 +19,8 @@ before the clock starts and is then undone: initial weights and optimizer state 
 recreated, so it only pre-builds the graphs.
 
 A NaN/inf loss stops training before the optimizer step and saves checkpoint.pt (the last finite
-state) for inspection. `checkpoint.pt` holds everything a resume needs (weights, EMA, optimizer
+state) for inspection. `checkpoint.pt` (`pgolf.train_state`; not kept by the packed record) holds everything
+a resume needs (weights, EMA, optimizer
 moments, step, elapsed seconds, loader cursor, re-warm state, RNG states and the config): a run
 stopped at step k and resumed ends bit-identical to an uninterrupted one on CPU.
 """
@@ -27,7 +28,7 @@ stopped at step k and resumed ends bit-identical to an uninterrupted one on CPU.
 from __future__ import annotations
 
 import contextlib
-import json
+import importlib
 import math
 import time
 from pathlib import Path
@@ -36,8 +37,7 @@ from typing import Any, Callable
 import torch
 
 from pgolf import schedule
-from pgolf.checkpoint import (load_train_state, rng_state, save_model, save_train_state, seed_everything,
-                              set_rng_state)
+from pgolf.checkpoint import cpu_state_dict, save_model, seed_everything
 from pgolf.config import RunConfig, TrainConfig
 from pgolf.data import load_val, manifest_sha256, train_files
 from pgolf.device import policy_for
@@ -130,10 +130,6 @@ class EMA:
 
 
 # --------------------------------------------------------------------------- run state
-def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-
 class _Clock:
     """Timed training seconds; pauses (validation, checkpoints) are excluded, as in the record."""
 
@@ -161,7 +157,7 @@ class _Clock:
 
 # --------------------------------------------------------------------------- train
 def train(cfg: RunConfig, data_dir, run_dir, resume: bool = False, *,
-          stop_after_steps: int | None = None) -> dict[str, Any]:
+          stop_after_steps: int | None = None, checkpoints: bool = True) -> dict[str, Any]:
     """Train `cfg` on DATA_DIR's shards into RUN_DIR; returns the summary (also merged into report.json).
 
     The run directory must hold no earlier results unless `resume` (see `clear_results`).
@@ -169,12 +165,18 @@ def train(cfg: RunConfig, data_dir, run_dir, resume: bool = False, *,
     `stop_after_steps` ends the loop after that many steps with checkpoint.pt written and none of
     the end-of-run work, as if the process had been killed right after a checkpoint: the run
     continues with `resume=True`. (It is the seed's FORCE_STOP_STEP without the schedule change.)
+
+    `checkpoints=False` (the packed record) keeps no checkpoint.pt, so it cannot resume or stop early.
     """
     run_dir = RunDir(run_dir)
-    saved = _resume_state(cfg, run_dir) if resume else None
-    run = _Run(cfg, Path(data_dir), run_dir, resume)
+    if not checkpoints and (resume or stop_after_steps is not None):
+        raise ConfigError("resume and stop_after_steps need checkpoints")
+    # By name: a packed record trains without checkpoints, and its file leaves the module out.
+    state_io = importlib.import_module("pgolf.train_state") if checkpoints else None
+    saved = state_io.read_for_resume(cfg, run_dir) if resume else None
+    run = _Run(cfg, Path(data_dir), run_dir, resume, state_io)
     if saved is not None:
-        run.restore(saved)
+        state_io.restore(run, saved)
     tc = cfg.train
     run.clock.start()
     start_step, start_elapsed_s = run.step, run.clock.elapsed_s()
@@ -208,29 +210,13 @@ def train(cfg: RunConfig, data_dir, run_dir, resume: bool = False, *,
     return run.finish()
 
 
-def _resume_state(cfg: RunConfig, run_dir: RunDir) -> dict[str, Any]:
-    """RUN/checkpoint.pt, refused unless it was written by this config and this world size."""
-    path = run_dir.checkpoint
-    if not path.exists():
-        raise TrainingError(f"{path}: no checkpoint to resume from")
-    saved = load_train_state(path)
-    diff = RunConfig.from_dict(json.loads(saved["config"])).diff(cfg)
-    if diff:
-        raise ConfigError(f"{path}: written with a different config ({', '.join(diff)} differ); "
-                          f"resume with the run's own {run_dir.config} or start a new run")
-    world_size = init_distributed().world_size
-    if int(saved["world_size"]) != world_size:
-        raise ConfigError(f"{path}: written by {saved['world_size']} processes, resuming with {world_size}; "
-                          f"the loader cursor assumes the same world size")
-    return saved
-
-
 class _Run:
     """One training run's state: model, optimizers, loader, EMA, schedule state, clock and logs."""
 
-    def __init__(self, cfg: RunConfig, data_dir: Path, run_dir: RunDir, resume: bool):
+    def __init__(self, cfg: RunConfig, data_dir: Path, run_dir: RunDir, resume: bool, state_io=None):
         t_setup = time.perf_counter()
         self.cfg, self.data_dir, self.run_dir = cfg, data_dir, run_dir
+        self.state_io = state_io  # pgolf.train_state, or None: no checkpoints
         tc = cfg.train
         self.dist = init_distributed()
         self.dev = self.dist.device
@@ -283,34 +269,11 @@ class _Run:
     def _new_loader(self) -> DocumentPackingLoader:
         return DocumentPackingLoader(self.files, self.dist.rank, self.dist.world_size, self.local_tokens, self.dev)
 
-    # -- resume ---------------------------------------------------------------------------------
-    def state(self, loader_state: dict, weights: dict | None = None) -> dict[str, Any]:
-        """The resumable state; a collective (the optimizer gathers its shards)."""
-        return {"config": self.cfg.to_json(), "world_size": self.dist.world_size, "step": self.step,
-                "elapsed_s": self.clock.elapsed_s(),
-                "model": weights if weights is not None else _cpu_state(self.model),
-                "ema": self.ema.state_dict() if self.ema is not None else None, "optimizers": self.opt.state_dict(),
-                "loader": loader_state, "rewarm": self.rewarm.state(), "active_seq_len": self.active_seq_len,
-                "looping": self.model.looping, "last_loss": self.last_loss, "rng": rng_state()}
-
-    def checkpoint(self, loader_state: dict, weights: dict | None = None) -> None:
-        state = self.state(loader_state, weights)
-        if is_main():
-            save_train_state(self.ckpt_path, state)
-        barrier()
-
-    def restore(self, saved: dict[str, Any]) -> None:
-        self.model.load_state_dict({k: v.to(self.dev) for k, v in saved["model"].items()}, strict=True)
-        self.opt.load_state_dict(saved["optimizers"])
-        if self.ema is not None:
-            self.ema.load_state_dict(saved["ema"])
-        self.loader.load_state(saved["loader"])
-        self.rewarm.load_state(saved["rewarm"])
-        self.model.set_looping(bool(saved["looping"]))
-        self.step, self.active_seq_len, self.last_loss = int(saved["step"]), saved["active_seq_len"], saved["last_loss"]
-        self.clock = _Clock(self.dev, float(saved["elapsed_s"]))
-        set_rng_state(saved["rng"])
-        self.log.event("resume", step=self.step, elapsed_s=float(saved["elapsed_s"]))
+    def checkpoint(self, loader_state: dict, weights: dict | None = None) -> bool:
+        """Write checkpoint.pt when the run keeps checkpoints; whether it did."""
+        if self.state_io is not None:
+            self.state_io.write(self, loader_state, weights)
+        return self.state_io is not None
 
     # -- one step -------------------------------------------------------------------------------
     def apply_schedule(self) -> tuple[int, float]:
@@ -343,10 +306,11 @@ class _Run:
         if not math.isfinite(loss_value):
             self.opt.zero_grad(set_to_none=True)
             with self.clock.paused():
-                self.checkpoint(loader_before)
+                saved = self.checkpoint(loader_before)
             self.log.event("nan", step=self.step + 1, loss=loss_value)
-            raise TrainingError(f"non-finite training loss ({loss_value}) at step {self.step + 1}; the state after "
-                                f"step {self.step} (before the bad update) is saved in {self.ckpt_path}")
+            raise TrainingError(f"non-finite training loss ({loss_value}) at step {self.step + 1}"
+                                + (f"; the state after step {self.step} (before the bad update) is saved in "
+                                   f"{self.ckpt_path}" if saved else ""))
         apply_update(self.opt, self.clip_params, self.cfg.train.grad_clip_norm)
         if self.ema is not None:
             self.ema.update(self.step if self.cfg.train.ema_warmup else None)
@@ -367,7 +331,7 @@ class _Run:
         cfg, tc, model = self.cfg, self.cfg.train, self.model
         train_s = self.clock.elapsed_s()
         # The GPTQ reserve: EMA weights, then Hessians from training data, still on the clock.
-        raw_weights = _cpu_state(model)
+        raw_weights = cpu_state_dict(model)
         if self.ema is not None:
             self.ema.copy_to(model)
             self.log.event("ema", decay=tc.ema_decay)
@@ -387,7 +351,7 @@ class _Run:
         val_post = self.validate("post_ema")
         val_pre, val_s = val_post, val_post["seconds"]
         if self.ema is not None:
-            ema_weights = _cpu_state(model)
+            ema_weights = cpu_state_dict(model)
             model.load_state_dict(raw_weights)
             val_pre = self.validate("pre_ema")
             model.load_state_dict(ema_weights)
@@ -459,7 +423,7 @@ def _compile_warmup(cfg: RunConfig, model, forward, opt, clip_params, loader, gr
     """
     tc = cfg.train
     t = time.perf_counter()
-    initial_weights = _cpu_state(model)
+    initial_weights = cpu_state_dict(model)
     initial_opt = opt.state_dict()
     shapes = warmup_shapes(cfg)
     x, y, _, _ = loader.next_batch(tc.seq_len_stages[0][0])

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pgolf.checkpoint import (check_state_dict_shapes, export_record_state_dict, import_record_state_dict,
-                              load_model, load_train_state, rebank_state_dict, save_model, save_train_state,
-                              unbank_state_dict)
+                              load_model, rebank_state_dict, save_model, unbank_state_dict)
+from pgolf.train_state import load_train_state, save_train_state
 from pgolf.config import load_preset
 from pgolf.errors import ArtifactError, ConfigError
 from pgolf.model import GPT

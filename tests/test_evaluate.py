@@ -19,7 +19,8 @@ from torch import nn
 
 from pgolf.config import EvalConfig, load_preset
 from pgolf.data import ValData, find_docs, load_val
-from pgolf.evaluate import eval_packed, eval_sliding, packed_batches, rank_target_range, sliding_windows
+from pgolf.evaluate import eval_packed, packed_batches, rank_target_range
+from pgolf.sliding_eval import eval_sliding, sliding_windows
 from pgolf.loader import build_cu_seqlens
 from pgolf.model import GPT
 

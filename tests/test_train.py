@@ -175,7 +175,8 @@ def test_tiny_loss_falls_and_matches_the_golden_losses(golden_run):
 
 
 def test_run_directory_holds_every_result(golden_run, tiny_data):
-    from pgolf.checkpoint import load_model, load_train_state
+    from pgolf.checkpoint import load_model
+    from pgolf.train_state import load_train_state
 
     rep = json.loads((golden_run / "report.json").read_text())
     for key in ("model_params", "steps", "train_seconds", "val_bpb_prequant", "val_bpb_pre_ema", "tokens_per_second",
@@ -265,11 +266,11 @@ def test_wallclock_cap_stops_the_loop_and_calibration_still_runs(tiny_data, tmp_
 
 
 def test_periodic_checkpoints_and_validation(tiny_data, tmp_path, monkeypatch):
-    import pgolf.train
+    import pgolf.train_state
 
     saved_steps = []
-    real = pgolf.train.save_train_state
-    monkeypatch.setattr(pgolf.train, "save_train_state",
+    real = pgolf.train_state.save_train_state
+    monkeypatch.setattr(pgolf.train_state, "save_train_state",
                         lambda path, state: (saved_steps.append(state["step"]), real(path, state)))
     cfg = load_preset("tiny", {"train.checkpoint_every": 2, "train.val_loss_every": 2, "train.iterations": 5,
                                "eval.val_docs_limit": 4})
@@ -281,7 +282,7 @@ def test_periodic_checkpoints_and_validation(tiny_data, tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- failures
 def test_nan_loss_stops_with_a_checkpoint(tiny_data, tmp_path):
-    from pgolf.checkpoint import load_train_state
+    from pgolf.train_state import load_train_state
 
     cfg = load_preset("tiny", {"train.matrix_lr": 1e30, "train.scalar_lr": 1e30, "train.tied_embed_lr": 1e30,
                                "eval.val_docs_limit": 4, "train.iterations": 6})

@@ -40,7 +40,7 @@ def main(argv: list[str], config_json: str, code_bytes: tuple[int, int]) -> int:
         if not os.path.isdir(args.data):
             raise ConfigError(f"{args.data}: data directory not found (prepare it with pgolf, or pass --data DIR)")
         clear_results(run, resume=False, overwrite=args.overwrite)
-        report = record_run(cfg, args.data, run, code_bytes=code_bytes)
+        report = record_run(cfg, args.data, run, code_bytes=code_bytes, checkpoints=False)
         headline = report.headline()
         if is_main() and headline is not None:
             # The stage lines above carry every figure; this is the one a record reports.
