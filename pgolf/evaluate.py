@@ -10,10 +10,11 @@ gives the same NLL as running each piece on its own.
   local_batch_seqs * eval_seq_len targets; segments longer than eval_seq_len
   are split, and a document cut by a batch edge loses its earlier context.
   Nothing is truncated: the last batch of a rank is partial.
-- `sliding_eval.eval_sliding` (`eval.sliding_stride > 0`): windows of seq_len tokens at a stride; each window scores only
-  its last `stride` targets (the first window scores all of its targets, the
-  last one whatever is left), so every target is scored once with at least
-  seq_len - stride tokens of context (within its document).
+- `sliding_eval.eval_sliding` (`eval.sliding_stride > 0`): windows of seq_len
+  tokens at a stride; each window scores only its last `stride` targets (the
+  first window scores all of its targets, the last one whatever is left), so
+  every target is scored once with at least seq_len - stride tokens of context
+  (within its document).
 
 Target j predicts `val.tokens[j+1]` from `val.tokens[:j+1]` and costs
 `val.token_bytes[j+1]` bytes (0 for a BOS target), j = 0 .. T-1 with T = N-1.

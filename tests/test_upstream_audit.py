@@ -230,3 +230,11 @@ def test_an_early_baseline_style_log(tmp_path):
     assert log.seed == 1337 and log.score == ("quantized", 1.2243657) and log.steps == 13780
     assert (log.train_seconds, log.eval_seconds) == (600.038, 1.402)
     assert (log.artifact_bytes, log.model_bytes, log.code_bytes) == (15_863_489, 15_815_847, 47_642)
+
+
+def test_a_num_seeds_claim_is_read():
+    from pgolf.submission.audit_inputs import FAIL, PASS, seed_claims_check
+
+    assert seed_claims_check({"num_seeds": 3}, None, 3, "r").status == PASS
+    assert seed_claims_check({"num_seeds": 3}, None, 1, "r").status == FAIL
+    assert seed_claims_check({"three_seeds": True}, None, 1, "r").status == FAIL

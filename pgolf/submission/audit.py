@@ -39,8 +39,8 @@ from pgolf.data import manifest_sha256
 from pgolf.errors import ArtifactError
 from pgolf.quant.artifact import FORMAT_TAG, read_artifact
 from pgolf.submission import audit_logs
-from pgolf.submission.audit_inputs import (FAIL, PASS, WARN, Check, RunView, Submission, cfg_get, claimed_seed_count,
-                                           is_run_record, load_inputs, readme_seed_counts)
+from pgolf.submission.audit_inputs import (FAIL, PASS, WARN, Check, RunView, Submission, cfg_get, is_run_record,
+                                           load_inputs, seed_claims_check)
 from pgolf.submission.record import final_result as headline
 from pgolf.submission.significance import SEED_FIELDS
 from pgolf.submission.tracks import Track, guess_track, track_of_record
@@ -461,16 +461,7 @@ def check_submission(sub: Submission, runs: list[RunView]) -> list[Check]:
     checks.append(Check(FAIL if problems else PASS, "consistency.seeds", who,
                         "; ".join(problems) if problems else f"seeds {seeds}: a report for each"))
 
-    claimed = claimed_seed_count(data)
-    readme_counts = readme_seed_counts(sub.readme) if sub.readme else set()
-    if claimed is not None and claimed[1] != len(seeds):
-        checks.append(Check(FAIL, "consistency.seed_claims", who,
-                            f"submission.json {claimed[0]}: {data[claimed[0]]} but {len(seeds)} seed(s) listed"))
-    elif readme_counts and readme_counts != {len(seeds)}:
-        checks.append(Check(WARN, "consistency.seed_claims", who,
-                            f"README.md mentions {sorted(readme_counts)} seed(s); {len(seeds)} listed"))
-    else:
-        checks.append(Check(PASS, "consistency.seed_claims", who, f"{len(seeds)} seed(s), no conflicting claim"))
+    checks.append(seed_claims_check(data, sub.readme, len(seeds), who))
 
     present = [by_seed[s] for s in seeds if isinstance(s, int) and s in by_seed]
     checks.append(_numbers_check(sub, present))

@@ -181,7 +181,7 @@ def claimed_seed_count(data: dict) -> tuple[str, int] | None:
             n = _COUNT_WORDS.get(word, int(word) if word.isdigit() else None)
             if n is not None:
                 return key, n
-        if key in ("num_seeds", "n_seeds", "seed_count") and _int(v) is not None:
+        if key in ("num_seeds", "n_seeds", "seed_count") and isinstance(v, int) and not isinstance(v, bool):
             return key, int(v)
     return None
 
@@ -194,3 +194,17 @@ def readme_seed_counts(readme: str) -> set[int]:
         w = m.group(1).lower()
         found.add(int(w) if w.isdigit() else _COUNT_WORDS[w])
     return found
+
+
+def seed_claims_check(data: dict, readme: str | None, num_seeds: int, who: str) -> Check:
+    """consistency.seed_claims: a count that submission.json claims must match the seeds listed (FAIL); one
+    the README mentions is only a WARN (prose can count other things)."""
+    claim = claimed_seed_count(data)
+    counts = readme_seed_counts(readme) if readme else set()
+    if claim is not None and claim[1] != num_seeds:
+        return Check(FAIL, "consistency.seed_claims", who,
+                     f"submission.json {claim[0]}: {data[claim[0]]} but {num_seeds} seed(s) listed")
+    if counts and counts != {num_seeds}:
+        return Check(WARN, "consistency.seed_claims", who,
+                     f"README.md mentions {sorted(counts)} seed(s); {num_seeds} listed")
+    return Check(PASS, "consistency.seed_claims", who, f"{num_seeds} seed(s), no conflicting claim")

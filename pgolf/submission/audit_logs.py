@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgolf.errors import DataError
-from pgolf.submission.audit_inputs import (FAIL, PASS, WARN, Check, claimed_seed_count, read_submission_json,
-                                           readme_seed_counts)
+from pgolf.submission.audit_inputs import FAIL, PASS, WARN, Check, read_submission_json, seed_claims_check
 from pgolf.submission.tracks import Track, track_of_record
 from pgolf.submission.upstream_log import SeedLog, read_log, record_logs
 
@@ -178,16 +177,7 @@ def check_seeds(rec: LogRecord) -> list[Check]:
         problems.append(f"seed(s) {twice} logged twice")
     checks.append(Check(FAIL if problems else PASS, "consistency.seeds", who,
                         "; ".join(problems) if problems else f"seeds {listed} from {source}: a log for each"))
-    claim = claimed_seed_count(rec.data)
-    counts = readme_seed_counts(rec.readme) if rec.readme else set()
-    if claim is not None and claim[1] != len(listed):
-        checks.append(Check(FAIL, "consistency.seed_claims", who,
-                            f"submission.json {claim[0]}: {rec.data[claim[0]]} but {len(listed)} seed(s) listed"))
-    elif counts and counts != {len(listed)}:
-        checks.append(Check(WARN, "consistency.seed_claims", who,
-                            f"README.md mentions {sorted(counts)} seed(s); {len(listed)} listed"))
-    else:
-        checks.append(Check(PASS, "consistency.seed_claims", who, f"{len(listed)} seed(s), no conflicting claim"))
+    checks.append(seed_claims_check(rec.data, rec.readme, len(listed), who))
     return checks
 
 
