@@ -18,7 +18,9 @@ Two orders of the same statistics (`eval.ngram_tilt`):
   row, position; stream order for the packed eval), and each target is counted right after its own
   score. Contexts never cross a BOS: the ring is reset at every BOS, so a document's first n - 2
   targets get no hint. Every count a hint uses comes from a target that was scored before
-  it.
+  it. Under the static TTT schedule each virtual rank keeps its own table (`groups`): a rank counts
+  only what it has scored itself, as a GPU does while the others score concurrently, so the hints
+  do not depend on timing or on the process count.
 
 Hash-collision choice: a context is keyed by a 64-bit polynomial hash of its tokens (mixed), compared
 in full. Two distinct contexts collide with probability about D^2 / 2^65 over D distinct contexts
