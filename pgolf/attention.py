@@ -29,6 +29,8 @@ Nothing is cast to make inputs fit: a mixed-dtype call is a bug upstream.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -195,6 +197,12 @@ def block_causal_mask(doc_starts: list[int], start: int, end: int, device) -> to
     return same_doc & causal
 
 
+@functools.lru_cache(maxsize=64)
+def _shared_mask(doc_starts: tuple[int, ...], start: int, end: int, device: torch.device) -> torch.Tensor:
+    # Every attention layer of a forward (and every loop pass) sees the same boundaries: one mask serves them all.
+    return block_causal_mask(list(doc_starts), start, end, device)
+
+
 def _attention_sdpa(q, k, v, cu_seqlens):
     num_heads = q.shape[2]
     k, v = _expand_kv(k, num_heads), _expand_kv(v, num_heads)
@@ -210,5 +218,7 @@ def _attention_sdpa(q, k, v, cu_seqlens):
         if len(starts) == 1:
             pieces.append(_sdpa(qs, ks, vs, None))
         else:
-            pieces.append(_sdpa(qs, ks, vs, block_causal_mask(starts, start, end, q.device)))
+            mask = (block_causal_mask(starts, start, end, q.device) if torch.compiler.is_compiling()
+                    else _shared_mask(tuple(starts), start, end, q.device))
+            pieces.append(_sdpa(qs, ks, vs, mask))
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
