@@ -19,9 +19,8 @@ from pathlib import Path
 
 from pgolf.app.plots import plot_training
 from pgolf.app.summary import summary_table
-from pgolf.app.verbs import explicitly_set, resolve_config
+from pgolf.app.verbs import follow_data_vocab, resolve_config
 from pgolf.check import check_data, require_shards
-from pgolf.config import resolve
 from pgolf.device import default_device
 from pgolf.corpus import embedded_corpus_sha256
 from pgolf.distributed import barrier, cleanup, init_distributed, is_main, print0
@@ -31,7 +30,7 @@ from pgolf.record_run import record_run
 from pgolf.rundir import RunDir
 from pgolf.submission import audit, pack, record
 from pgolf.tokenizer import file_sha256
-from pgolf.vocabulary import data_vocab, training_vocab
+from pgolf.vocabulary import data_vocab
 
 
 def default_preset() -> str:
@@ -85,10 +84,7 @@ def _run(args) -> int:
     cfg = resolve_config(args, base, **{"train.seed": args.seed, "ttt.peer_mode": args.peer_mode})
     if args.data:  # checked before the run directory is touched; the vocabulary follows the data as in `train`
         require_shards(args.data)
-        vocab = training_vocab(cfg.model.vocab_size, explicitly_set(args, base, "model.vocab_size"), args.data)
-        if vocab != cfg.model.vocab_size:
-            print0(f"model.vocab_size: {vocab}, from {args.data}'s tokenizer (the preset has {cfg.model.vocab_size})")
-            cfg = resolve(cfg, flags={"model.vocab_size": vocab})
+        cfg = follow_data_vocab(args, base, cfg, args.data)
     if run.path.exists() and any(run.path.iterdir()) and not args.overwrite:
         raise ConfigError(f"{run.path}: run directory is not empty (pass --overwrite to start over)")
     if is_main() and run.path.exists() and args.overwrite:

@@ -109,12 +109,17 @@ def train_config(args) -> RunConfig:
     base = Path(args.config) if args.config else (own if args.resume and own.exists() else args.preset)
     flags = {"train.iterations": args.max_steps, "train.max_wallclock_seconds": args.max_seconds,
              "train.seed": args.seed}
-    cfg = resolve_config(args, base, **flags)
-    vocab = training_vocab(cfg.model.vocab_size, explicitly_set(args, base, "model.vocab_size"), args.data)
-    if vocab != cfg.model.vocab_size:
-        print0(f"model.vocab_size: {vocab}, from {args.data}'s tokenizer (the preset has {cfg.model.vocab_size})")
-        cfg = resolve(cfg, flags={"model.vocab_size": vocab})
-    return cfg
+    return follow_data_vocab(args, base, resolve_config(args, base, **flags), args.data)
+
+
+def follow_data_vocab(args, base: RunConfig | str | Path, cfg: RunConfig, data_dir) -> RunConfig:
+    """`cfg` with the vocabulary of DATA_DIR's tokenizer unless the user set it (`explicitly_set`); a set value
+    that differs from the data's is refused in one line (`training_vocab`)."""
+    vocab = training_vocab(cfg.model.vocab_size, explicitly_set(args, base, "model.vocab_size"), data_dir)
+    if vocab == cfg.model.vocab_size:
+        return cfg
+    print0(f"model.vocab_size: {vocab}, from {data_dir}'s tokenizer (the preset has {cfg.model.vocab_size})")
+    return resolve(cfg, flags={"model.vocab_size": vocab})
 
 
 def eval_config(args) -> RunConfig:
