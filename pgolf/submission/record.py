@@ -383,7 +383,7 @@ def _seeds_readme(sub: dict, sizes: dict, logs: list[str]) -> str:
     lines += [f"- {k}: {v}" for k, v in sub["compliance"].items()]
     lines += _comparison_section(sub)
     lines += ["", "## Reproduce", "", "    pip install -r requirements.txt",
-              "    python train_gpt.py --data DIR --seed N      # one seed; `--out RUN` for where", "",
+              "    python train_gpt.py --data DIR --seed N      # seed N; `--out RUN` for where", "",
               "## Files", "", "- `train_gpt.py`, `config.json`, `requirements.txt`, `submission.json`, `README.md`"]
     lines += [f"- `{n}`" for n in logs] + ["- `seed<N>/`: each seed's report.json, config.json and JSONL logs"]
     return "\n".join(lines) + "\n"
