@@ -18,10 +18,11 @@ import pytest
 import torch
 
 from pgolf.model import GPT
-from pgolf.ttt.ensemble import blend_nll, blended_distribution, entropy_nats, max_entropy_nats
+from pgolf.ttt.ensemble import blend_nll, blended_distribution, max_entropy_nats
 from pgolf.ttt.lora import BatchedLoRA
 from pgolf.synthetic import synthetic_val
 from pgolf.ttt.score_first import build_queue, run_ttt
+from pgolf.ttt.windows import entropy_nats
 from test_ttt_score_first import DOC_TARGETS, fresh_model, small_cfg
 
 MODES = {"off": {}, "causal": {"peer_mode": "causal", "peer_k": 3, "peer_conf_threshold": 0.0},

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Protocol, Sequence
 
 import torch
 
+from pgolf.ttt.windows import entropy_nats
+
 if TYPE_CHECKING:
     from pgolf.config import TTTConfig
     from pgolf.ttt.lora import BatchedLoRA, FrozenLoRA
@@ -109,11 +111,6 @@ def peer_generator(peer_seed: int, batch_idx: int) -> torch.Generator:
     g = torch.Generator(device="cpu")
     g.manual_seed((peer_seed * 1013 + batch_idx) & 0x7FFFFFFF)
     return g
-
-
-def entropy_nats(log_probs: torch.Tensor) -> torch.Tensor:
-    """H = -sum_v p_v log p_v over the last dim."""
-    return -(log_probs.exp() * log_probs).sum(-1)
 
 
 def blend_nll(nll_own: torch.Tensor, peer_prob_mean: torch.Tensor, entropy: torch.Tensor,

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
+if TYPE_CHECKING:  # annotations only: with no peers the ensemble module is never loaded
+    import torch
 
-from pgolf.config import TTTConfig
-from pgolf.ttt.ensemble import ScoreSink
-from pgolf.ttt.lora import BatchedLoRA
-from pgolf.ttt.windows import TTTBatch, Windows
+    from pgolf.config import TTTConfig
+    from pgolf.ttt.ensemble import ScoreSink
+    from pgolf.ttt.lora import BatchedLoRA
+    from pgolf.ttt.windows import TTTBatch, Windows
 
 
 class OwnOnly:

@@ -7,9 +7,11 @@ the one mode its config runs and not the others (the packer reads `PEER_MODES` t
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from pgolf.config import TTTConfig
-from pgolf.ttt.ensemble import Ensemble, ScoreSink
+if TYPE_CHECKING:  # annotations only: a run without peers never loads the ensemble module
+    from pgolf.config import TTTConfig
+    from pgolf.ttt.ensemble import Ensemble, ScoreSink
 
 PEER_MODES: dict[str, str] = {"off": "pgolf.ttt.own_only:OwnOnly", "causal": "pgolf.ttt.causal_ensemble:CausalEnsemble",
                               "pr2139": "pgolf.ttt.pr2139_ensemble:PR2139Ensemble"}

@@ -20,7 +20,6 @@ from typing import Sequence
 import torch
 
 from pgolf.config import TTTConfig
-from pgolf.ttt.ensemble import entropy_nats
 
 
 @dataclass(frozen=True)
@@ -109,6 +108,11 @@ def build_windows(tokens: torch.Tensor, docs: Sequence[DocSpan], spans: Sequence
     return Windows(x=torch.where(inside, gathered[:, :width], 0), y=torch.where(inside, gathered[:, 1:], 0),
                    cols=(offsets[:, None] + j[None]).clamp_(max=width - 1), valid=valid, tpos=tpos,
                    stream_pos=torch.tensor([d.start + 1 for d in docs])[:, None] + tpos, spans=list(spans))
+
+
+def entropy_nats(log_probs: torch.Tensor) -> torch.Tensor:
+    """H = -sum_v p_v log p_v over the last dim."""
+    return -(log_probs.exp() * log_probs).sum(-1)
 
 
 def score_windows(fwd, adapters, w: Windows, device: torch.device, autocast, *,
