@@ -150,36 +150,6 @@ def looping_active(progress: float, enable_at: float) -> bool:
 
 
 # --------------------------------------------------------------------------- the seed's string forms
-def parse_seq_schedule(text: str, default_seq_len: int | None = None,
-                       field: str = "TRAIN_SEQ_SCHEDULE") -> tuple[tuple[int, float], ...]:
-    """'1024@0.100,2048@0.700,3072@1.000' -> ((1024, 0.1), (2048, 0.7), (3072, 1.0)).
-
-    Stages are sorted by progress; if the last threshold is below 1 the last length is extended to 1.0;
-    an empty string means a single stage of `default_seq_len` (required then).
-    """
-    items = [s.strip() for s in text.split(",") if s.strip()]
-    if not items:
-        if default_seq_len is None:
-            raise ConfigError(f"{field}: empty schedule and no default sequence length")
-        return ((int(default_seq_len), 1.0),)
-    stages = []
-    for item in items:
-        seq, sep, frac = item.partition("@")
-        try:
-            if not sep:
-                raise ValueError
-            n, p = int(seq), float(frac)
-        except ValueError:
-            raise ConfigError(f"{field}: stage {item!r} is not SEQ@PROGRESS (e.g. 2048@0.7)") from None
-        if n <= 0 or not 0 < p <= 1:
-            raise ConfigError(f"{field}: stage {item!r} needs SEQ > 0 and 0 < PROGRESS <= 1")
-        stages.append((n, p))
-    stages.sort(key=lambda s: s[1])
-    if stages[-1][1] < 1.0:
-        stages.append((stages[-1][0], 1.0))
-    return tuple(stages)
-
-
 def format_seq_schedule(stages: tuple[tuple[int, float], ...]) -> str:
-    """The inverse of parse_seq_schedule, in the seed's log format ('1024@0.100,...')."""
+    """The seed's log form of the stages ('1024@0.100,...'); `envknobs.parse_seq_schedule` reads it back."""
     return ",".join(f"{n}@{p:.3f}" for n, p in stages)

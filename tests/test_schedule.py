@@ -8,10 +8,9 @@ import pytest
 
 from pgolf.config import TrainConfig, load_preset
 from pgolf.errors import ConfigError
-from pgolf.app.envknobs import parse_short_chunk_steps
+from pgolf.app.envknobs import parse_seq_schedule, parse_short_chunk_steps
 from pgolf.schedule import (ReWarm, SeqLenSchedule, format_seq_schedule, looping_active, lr_multiplier, lr_scale,
-                            muon_momentum, parse_seq_schedule, progress, training_budget_s,
-                            wallclock_reached)
+                            muon_momentum, progress, training_budget_s, wallclock_reached)
 
 SEED = TrainConfig()  # defaults are the seed's logged values
 

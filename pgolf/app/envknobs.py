@@ -7,7 +7,7 @@ only place pgolf reads them. Every name the seed reads falls in one of four clas
 
     mapped    sets a config field (NUM_LAYERS -> model.num_layers), possibly parsed
               from the seed's string forms (TRAIN_SEQ_SCHEDULE="1024@0.100,...", with
-              pgolf.schedule's parsers)
+              the parsers below)
     fixed     a switch pgolf implements only one way; the seed's value is accepted,
               any other is a ConfigError (TIE_EMBEDDINGS must stay 1)
     ignored   read by the seed but meaningless here: dead knobs (EVAL_STRIDE,
@@ -26,7 +26,6 @@ from typing import Any, Callable, Mapping
 
 from pgolf.config import RunConfig, resolve
 from pgolf.errors import ConfigError
-from pgolf.schedule import parse_seq_schedule
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -52,6 +51,36 @@ _int, _float = _number(int), _number(float)
 
 def _str(name: str, raw: str) -> str:
     return raw.strip().lower()
+
+
+def parse_seq_schedule(text: str, default_seq_len: int | None = None,
+                       field: str = "TRAIN_SEQ_SCHEDULE") -> tuple[tuple[int, float], ...]:
+    """'1024@0.100,2048@0.700,3072@1.000' -> ((1024, 0.1), (2048, 0.7), (3072, 1.0)).
+
+    Stages are sorted by progress; if the last threshold is below 1 the last length is extended to 1.0;
+    an empty string means a single stage of `default_seq_len` (required then).
+    """
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items:
+        if default_seq_len is None:
+            raise ConfigError(f"{field}: empty schedule and no default sequence length")
+        return ((int(default_seq_len), 1.0),)
+    stages = []
+    for item in items:
+        seq, sep, frac = item.partition("@")
+        try:
+            if not sep:
+                raise ValueError
+            n, p = int(seq), float(frac)
+        except ValueError:
+            raise ConfigError(f"{field}: stage {item!r} is not SEQ@PROGRESS (e.g. 2048@0.7)") from None
+        if n <= 0 or not 0 < p <= 1:
+            raise ConfigError(f"{field}: stage {item!r} needs SEQ > 0 and 0 < PROGRESS <= 1")
+        stages.append((n, p))
+    stages.sort(key=lambda s: s[1])
+    if stages[-1][1] < 1.0:
+        stages.append((stages[-1][0], 1.0))
+    return tuple(stages)
 
 
 def parse_short_chunk_steps(text: str, field: str = "TTT_SHORT_SCORE_FIRST_STEPS") -> tuple[tuple[int, int], ...]:
