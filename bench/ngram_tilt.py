@@ -1,4 +1,4 @@
-"""Throughput of the n-gram tilt's statistics pass (`pgolf.ngram_tilt.hints`) on a synthetic stream.
+"""Throughput of the n-gram tilt's statistics pass (`pgolf.ngram_orders.hints`) on a synthetic stream.
 
 The stream mimics the validation set's repetition: documents of random tokens, one in ten opening
 with a copy of a span of an earlier document, so about 2% of targets pass the gate (#2135's stream:
@@ -19,7 +19,8 @@ import torch
 
 from pgolf.config import TTTConfig
 from pgolf.data import find_docs
-from pgolf.ngram_tilt import BOS_ID, hints, ttt_order
+from pgolf.ngram_orders import hints
+from pgolf.ngram_tilt import BOS_ID, ttt_order
 from pgolf.ttt.windows import build_queue
 
 

@@ -7,7 +7,7 @@ first) and its share is top_count / total in float32. Only then is (context, T[i
 fires when share >= threshold; there is no minimum count, so a context seen once before fires with
 share 1.
 
-Two orders of the same statistics (`eval.ngram_tilt`):
+Two orders of the same statistics (`eval.ngram_tilt`; `causal_hints` here, both in `pgolf.ngram_orders`):
 - `stream` (#2135): targets in stream order, and contexts run across document boundaries. The context
   ring starts seeded with the first target, so target 14's context is [T1, T1, T2 .. T14] (BOS
   replaced) and targets 0..13 get no hint. This is causal in stream order only. pgolf scores documents
@@ -24,7 +24,7 @@ Two orders of the same statistics (`eval.ngram_tilt`):
 
 Hash-collision choice: a context is keyed by a 64-bit polynomial hash of its tokens (mixed), compared
 in full. Two distinct contexts collide with probability about D^2 / 2^65 over D distinct contexts
-(below 1e-4 for the 47.85 M-target validation set); `hints(..., verify=True)` compares the token
+(below 1e-4 for the 47.85 M-target validation set); `ngram_orders.hints(..., verify=True)` compares the token
 windows behind every repeated key and raises on a collision (the tests run it). #2135's XOR hash of
 small constants collides routinely, so its gate count (628,130) is not reproduced bit for bit.
 (context, token) pairs are exact: the token is a sort key next to the context's group.
@@ -41,6 +41,7 @@ SGD train on the untilted NLL.
 
 from __future__ import annotations
 
+import importlib
 import math
 import time
 from dataclasses import dataclass
@@ -51,7 +52,6 @@ import torch
 from pgolf.ttt.windows import chunk_size_for
 
 BOS_ID = 1
-ORDERS = ("off", "causal", "stream")
 _MIX = np.uint64(0xFF51AFD7ED558CCD)
 _BASE = 0x9E3779B97F4A7C15
 
@@ -160,48 +160,50 @@ def _query_then_count(keys: np.ndarray, nxt: np.ndarray):
     return t[q], x[lead[q - 1]], prev[q], q - first[q], t[first[q]]
 
 
-def hints(tokens, order: str = "stream", *, ngram: int = 16, threshold: float = 0.8,
-          update_order: np.ndarray | None = None, groups: np.ndarray | None = None, verify: bool = False) -> Hints:
-    """Hints for every target of the stream `tokens` (T[0] = BOS) in one order (see the module docstring).
+def _tokens(tokens) -> np.ndarray:
+    return np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens)
 
-    `update_order` (causal only): a permutation of the target indices, the order they are scored
-    (`ttt_order`); default stream order. `groups` (causal only): per target, the (virtual) rank that
-    scores it; each rank keeps its own table, as a rank sees only what it has scored itself.
-    `verify` compares the token windows behind every repeated key and raises on a collision.
-    """
-    if order not in ("stream", "causal"):
-        raise ValueError(f"n-gram tilt order {order!r}: stream | causal")
-    tok = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens)
+
+def _causal_stats(tok: np.ndarray, ctx: int, update_order=None, groups=None):
+    """The `causal` order's statistics of the stream `tok` (at least ctx + 1 tokens): (context source, the
+    targets whose query saw a count, for each the first target with its key, top_tok, top_count, total)."""
     n = tok.size - 1
-    ctx = ngram - 1
+    src = tok[:n]
+    ar = np.arange(n)
+    last_bos = np.maximum.accumulate(np.where(src == BOS_ID, ar, -1))
+    full = (last_bos >= 0) & (last_bos <= ar - ctx + 1)
+    seq = ar if update_order is None else np.asarray(update_order, np.int64)
+    if seq.size != n:
+        raise ValueError(f"update_order lists {seq.size} targets of {n}")
+    seq = seq[full[seq]]
+    keys = _context_keys(src, ctx, _BASE)[seq]
+    if groups is not None:  # the rank joins the key, so ranks never share a count
+        keys += np.asarray(groups, np.uint64)[seq] * _MIX
+    ti, tt, tc, tot, fi = _query_then_count(keys, tok[seq + 1])
+    return src, seq[ti], seq[fi], tt, tc, tot
+
+
+def _as_hints(n: int, stats, threshold: float) -> Hints:
+    """`Hints` for n targets from a statistics pass (None: no target has a full context)."""
     out = Hints(np.full(n, -1, np.int32), np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros(n, bool))
-    if n < ctx:
-        return out
-    if order == "stream":
-        src = tok[:n].copy()
-        src[0] = tok[1]  # the ring starts seeded with the first target
-        keys = _context_keys(src, ctx, _BASE)
-        ti, tt, tc, tot, fi = _query_then_count(keys[ctx - 1:], tok[ctx:])  # slices: no gathers
-        pos, ref = ti + ctx - 1, fi + ctx - 1
-    else:
-        src = tok[:n]
-        ar = np.arange(n)
-        last_bos = np.maximum.accumulate(np.where(src == BOS_ID, ar, -1))
-        full = (last_bos >= 0) & (last_bos <= ar - ctx + 1)
-        seq = ar if update_order is None else np.asarray(update_order, np.int64)
-        if seq.size != n:
-            raise ValueError(f"update_order lists {seq.size} targets of {n}")
-        seq = seq[full[seq]]
-        keys = _context_keys(src, ctx, _BASE)[seq]
-        if groups is not None:  # the rank joins the key, so ranks never share a count
-            keys += np.asarray(groups, np.uint64)[seq] * _MIX
-        ti, tt, tc, tot, fi = _query_then_count(keys, tok[seq + 1])
-        pos, ref = seq[ti], seq[fi]
-    if verify and not all(np.array_equal(src[pos - j], src[ref - j]) for j in range(ctx)):
-        raise RuntimeError("n-gram tilt: two contexts share a 64-bit key")
-    out.top_tok[pos], out.top_count[pos], out.total[pos] = tt, tc, tot
-    out.gate[pos] = tc.astype(np.float32) / tot.astype(np.float32) >= np.float32(threshold)
+    if stats is not None:
+        _, pos, _, tt, tc, tot = stats
+        out.top_tok[pos], out.top_count[pos], out.total[pos] = tt, tc, tot
+        out.gate[pos] = tc.astype(np.float32) / tot.astype(np.float32) >= np.float32(threshold)
     return out
+
+
+def causal_hints(tokens, *, ngram: int = 16, threshold: float = 0.8, update_order: np.ndarray | None = None,
+                 groups: np.ndarray | None = None) -> Hints:
+    """Hints for every target of the stream `tokens` (T[0] = BOS) in the `causal` order (module docstring).
+
+    `update_order`: a permutation of the target indices, the order they are scored (`ttt_order`); default
+    stream order. `groups`: per target, the (virtual) rank that scores it; each rank keeps its own table, as
+    a rank sees only what it has scored itself. `ngram_orders.hints` has both orders and the collision check.
+    """
+    tok = _tokens(tokens)
+    n, ctx = tok.size - 1, ngram - 1
+    return _as_hints(n, _causal_stats(tok, ctx, update_order, groups) if n >= ctx else None, threshold)
 
 
 def ttt_order(queue, ttt_cfg, num_targets: int) -> np.ndarray:
@@ -258,9 +260,11 @@ class NgramTilt:
         if eval_cfg.ngram_tilt == "off":
             return None
         t0 = time.perf_counter()
-        causal = eval_cfg.ngram_tilt == "causal"
-        h = hints(tokens, eval_cfg.ngram_tilt, ngram=eval_cfg.ngram_order, threshold=eval_cfg.ngram_threshold,
-                  update_order=update_order if causal else None, groups=groups if causal else None)
+        kw = dict(ngram=eval_cfg.ngram_order, threshold=eval_cfg.ngram_threshold)
+        if eval_cfg.ngram_tilt == "causal":
+            h = causal_hints(tokens, update_order=update_order, groups=groups, **kw)
+        else:  # #2135's stream order, imported by name: a packed causal record does not carry it
+            h = importlib.import_module("pgolf.ngram_orders").hints(tokens, eval_cfg.ngram_tilt, **kw)
         tilt = cls(h, eval_cfg.ngram_beta, eval_cfg.ngram_tilt)
         tilt.build_s = time.perf_counter() - t0
         return tilt

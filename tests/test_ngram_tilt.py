@@ -21,7 +21,8 @@ import torch
 from pgolf.config import flatten, load_preset
 from pgolf.data import ValData, find_docs
 from pgolf.model import GPT
-from pgolf.ngram_tilt import NgramTilt, hints, tilt_nll, ttt_order
+from pgolf.ngram_orders import hints
+from pgolf.ngram_tilt import NgramTilt, causal_hints, tilt_nll, ttt_order
 from pgolf.synthetic import synthetic_val
 from pgolf.ttt.lora import BatchedLoRA
 from pgolf.ttt.score_first import run_ttt
@@ -146,6 +147,16 @@ def test_c2_tilted_distribution_sums_to_one_over_the_full_vocabulary():
 def _scored_before(order: np.ndarray, target: int) -> np.ndarray:
     """Targets committed at or before `target` in the scoring order `order`."""
     return order[:int(np.flatnonzero(order == target)[0]) + 1]
+
+
+def test_the_tilt_builds_either_order_from_the_config():
+    """`NgramTilt.build` takes `causal_hints` for causal and imports `ngram_orders` by name for stream."""
+    tokens = repetitive_stream(5_000, seed=7)
+    for order in ("causal", "stream"):
+        tilt = NgramTilt.build(tilt_cfg(order).eval, torch.from_numpy(tokens))
+        want = hints(tokens, order, ngram=4, verify=True)
+        assert np.array_equal(tilt.hint.numpy(), want.hint) and tilt.gated == int(want.gate.sum()) > 0
+    assert as_tuple(causal_hints(tokens, ngram=4)) == as_tuple(hints(tokens, "causal", ngram=4))
 
 
 def test_c1_a_token_moves_no_hint_scored_before_it():

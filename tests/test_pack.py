@@ -225,7 +225,19 @@ def test_a_packed_file_carries_its_own_peer_mode_only(mode):
     modules = {m: ref.split(":")[0] for m, ref in PEER_MODES.items()}
     assert modules[mode] in bundled
     assert not {modules[m] for m in modules if m != mode} & set(bundled)
-    assert "pgolf.ttt.ensemble" in bundled  # the mode's own imports come along
+    # the mode's own imports come along; without peers the blend (ensemble) is left out
+    assert ("pgolf.ttt.ensemble" in bundled) == (mode != "off")
+
+
+@pytest.mark.parametrize("order", ["off", "causal", "stream"])
+def test_a_packed_file_carries_the_ngram_order_it_runs(order):
+    """The tilt is bundled when it is on; #2135's stream order (`pgolf.ngram_orders`) only when it is chosen."""
+    from pgolf.config import RunConfig
+
+    cfg = RunConfig().replace({"eval.ngram_tilt": order, "ttt.peer_mode": "off"})
+    bundled = set(pack.bundled_modules(config_json=cfg.to_json()))
+    assert ("pgolf.ngram_tilt" in bundled) == (order != "off")
+    assert ("pgolf.ngram_orders" in bundled) == (order == "stream")
 
 
 def test_packed_size_table_adds_up(tiny_json, packed):

@@ -177,11 +177,12 @@ def imported_modules(source: str, modules: dict[str, str]) -> set[str]:
 
 def config_modules(config_json: str | None = None) -> list[str]:
     """The modules that a run of this config (default: `RunConfig()`) imports by name rather than statically:
-    its TTT peer mode's, the n-gram tilt when it is on, the sliding evaluation when it has a stride. (Training
-    state, `pgolf.train_state`, is never needed: a packed record keeps no checkpoints.) Other configs'
-    choices stay out of its file."""
+    its TTT peer mode's, the n-gram tilt when it is on (and `pgolf.ngram_orders` for its `stream` order), the
+    sliding evaluation when it has a stride. (Training state, `pgolf.train_state`, is never needed: a packed
+    record keeps no checkpoints.) Other configs' choices stay out of its file."""
     cfg = RunConfig.from_dict(json.loads(config_json)) if config_json is not None else RunConfig()
     return ([PEER_MODES[cfg.ttt.peer_mode].split(":")[0]] + (["pgolf.ngram_tilt"] if cfg.eval.tilted else [])
+            + (["pgolf.ngram_orders"] if cfg.eval.ngram_tilt == "stream" else [])
             + (["pgolf.sliding_eval"] if cfg.eval.sliding_stride > 0 else []))
 
 
