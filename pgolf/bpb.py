@@ -6,7 +6,7 @@ The denominator is the number of bytes of the ORIGINAL text that the scored
 target tokens stand for. Two sources, never mixed within one directory:
 
 - the per-token byte sidecar `fineweb_val_bytes_*.bin` (CaseOps data; written
-  by `pgolf.tokenizer.Tokenizer.encode_doc`): operators count 0 bytes, BOS 0,
+  by `pgolf.encoding.DocumentEncoder.encode_doc`): operators count 0 bytes, BOS 0,
   and a document's counts sum to its UTF-8 length. Counting the operators'
   own 3 UTF-8 bytes inflated the denominator by 8.9% in PR #2138; the sidecar
   exists so that never happens.

@@ -148,7 +148,7 @@ def _val_byte_counts(data_dir: Path, tokens: np.ndarray) -> tuple[np.ndarray, st
         raise DataError(f"{data_dir}: no byte sidecar and no tokenizer model ({path.name}) to count bytes with")
     if manifest.get("caseops"):
         raise DataError(f"{data_dir}: CaseOps data without fineweb_val_bytes_*.bin sidecars cannot be scored")
-    sp = Tokenizer(path, caseops=False).sp
+    sp = Tokenizer(path).sp
     try:
         return lut_token_bytes(tokens, build_byte_luts(sp)), "lut"
     except ValueError as e:

@@ -39,9 +39,10 @@ from tqdm import tqdm
 
 import pgolf
 from pgolf.data import MANIFEST_NAME
+from pgolf.encoding import DocumentEncoder
 from pgolf.errors import DataError
 from pgolf.shards import read_header, read_shard, shard_name
-from pgolf.tokenizer import BOS_ID, Tokenizer, file_sha256
+from pgolf.tokenizer import BOS_ID, file_sha256
 
 REMOTE_ROOT = "datasets"
 
@@ -219,7 +220,7 @@ def _manifest(out_dir: Path, spec: Variant, source: dict, entry: dict, tok_entry
               files: list[tuple[str, str]], progress: bool) -> dict:
     names = [local for _, local in files]
     tok_name = names[-1]
-    tok = Tokenizer(out_dir / tok_name, caseops=spec.caseops)
+    tok = DocumentEncoder(out_dir / tok_name, caseops=spec.caseops)
     val = [out_dir / n for n in names if n.startswith("fineweb_val_") and "_bytes_" not in n]
     train = [out_dir / n for n in names if n.startswith("fineweb_train_")]
     num_val_tokens, num_val_docs = _count(val)

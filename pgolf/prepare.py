@@ -34,9 +34,10 @@ from pgolf.caseops import OPERATORS
 from pgolf.caseops import encode as caseops_encode
 from pgolf.corpus import corpus_sha256, embedded_corpus, embedded_corpus_sha256, python_minor, read_source
 from pgolf.data import MANIFEST_NAME, TOKENIZER_NAME
+from pgolf.encoding import DocumentEncoder, min_vocab_size
 from pgolf.errors import DataError
 from pgolf.shards import shard_name, write_shard
-from pgolf.tokenizer import BOS_ID, EOS_ID, MAX_VOCAB, PAD_ID, UNK_ID, Tokenizer, file_sha256, min_vocab_size
+from pgolf.tokenizer import BOS_ID, EOS_ID, MAX_VOCAB, PAD_ID, UNK_ID, file_sha256
 
 MANIFEST_FORMAT = "pgolf-data-v1"
 _ENCODE_BATCH_DOCS = 256
@@ -184,7 +185,7 @@ def _build(tmp: Path, val_texts: list[str], train_texts: list[str], vocab_size: 
     else:
         texts = [caseops_encode(t) for t in train_texts] if caseops else train_texts
         train_sentencepiece(texts, vocab_size, model_path, caseops=caseops)
-    tok = Tokenizer(model_path, caseops=caseops)
+    tok = DocumentEncoder(model_path, caseops=caseops)
 
     bar = tqdm(total=len(val_texts) + len(train_texts), unit="doc", desc="tokenize",
                disable=None if progress else True)  # None: only on a terminal
@@ -221,7 +222,7 @@ def _build(tmp: Path, val_texts: list[str], train_texts: list[str], vocab_size: 
     }
 
 
-def _write_split(tok: Tokenizer, texts: list[str], writer: _ShardWriter, bar) -> list[int]:
+def _write_split(tok: DocumentEncoder, texts: list[str], writer: _ShardWriter, bar) -> list[int]:
     """Encode and shard one split; returns each document's UTF-8 length."""
     doc_bytes = []
     for i in range(0, len(texts), _ENCODE_BATCH_DOCS):

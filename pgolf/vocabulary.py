@@ -36,7 +36,7 @@ def data_vocab(data_dir: str | Path) -> DataVocab:
         sha = sha or file_sha256(tok)
         if size is None:
             try:
-                size = Tokenizer(tok, caseops=False).vocab_size
+                size = Tokenizer(tok).vocab_size
             except (OSError, RuntimeError):
                 raise DataError(f"{tok}: cannot read the tokenizer model") from None
     return DataVocab(int(size) if size is not None else None, sha)

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from pgolf.bpb import BpbMeter, build_byte_luts, lut_token_bytes
 from pgolf.corpus import embedded_corpus
 from pgolf.data import load_val
+from pgolf.encoding import DocumentEncoder
 from pgolf.prepare import train_sentencepiece
-from pgolf.tokenizer import Tokenizer
 
 
 def test_uniform_logits_score_log2_vocab_per_token(tiny_data):
@@ -56,7 +56,7 @@ def test_lut_rule_on_synthetic_table():
 @pytest.fixture(scope="module")
 def plain_tok(tmp_path_factory):
     path = tmp_path_factory.mktemp("sp") / "plain.model"
-    return Tokenizer(train_sentencepiece(embedded_corpus()[:200], 400, path, caseops=False), caseops=False)
+    return DocumentEncoder(train_sentencepiece(embedded_corpus()[:200], 400, path, caseops=False), caseops=False)
 
 
 def test_build_luts_from_model(plain_tok):

@@ -98,7 +98,7 @@ def test_plain_dir_uses_the_lut(plain_data):
     assert not shard_paths(plain_data, "val_bytes")
     val = load_val(plain_data)
     assert val.byte_source == "lut" and val.num_docs == 20
-    sp = Tokenizer(plain_data / "tokenizer.model", caseops=False).sp
+    sp = Tokenizer(plain_data / "tokenizer.model").sp
     assert val.token_bytes.tolist() == lut_token_bytes(val.tokens.numpy(), build_byte_luts(sp)).tolist()
     # the LUT counts normalized text, so it is close to (not equal to) the original bytes
     assert abs(val.target_bytes_total / load_manifest(plain_data)["num_val_bytes"] - 1) < 0.05

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from pgolf.caseops import OPERATORS
 from pgolf.corpus import embedded_corpus, has_text
+from pgolf.encoding import DocumentEncoder
 from pgolf.errors import DataError
 from pgolf.prepare import train_sentencepiece
 from pgolf.tokenizer import BOS_ID, EOS_ID, Tokenizer, file_sha256
@@ -27,7 +28,7 @@ TRICKY = [
 
 @pytest.fixture(scope="module")
 def tok(tiny_data):
-    return Tokenizer(tiny_data / "tokenizer.model", caseops=True)
+    return DocumentEncoder(tiny_data / "tokenizer.model", caseops=True)
 
 
 def test_recipe_special_ids(tok):
@@ -76,17 +77,17 @@ def test_training_is_deterministic_and_plain_models_have_no_operators(tmp_path):
     a = train_sentencepiece(texts, 400, tmp_path / "a.model", caseops=False)
     b = train_sentencepiece(texts, 400, tmp_path / "b.model", caseops=False)
     assert file_sha256(a) == file_sha256(b)
-    plain = Tokenizer(a, caseops=False)
+    plain = DocumentEncoder(a, caseops=False)
     assert plain.sp.id_to_piece(4) == "<0x00>"
     ids, counts = plain.encode_doc("Hello  World ")
     assert sum(counts) == len("Hello  World ") and plain.decode_doc(ids) == "Hello World"
     with pytest.raises(DataError, match="CaseOps operator U\\+E001 is not token 4"):
-        Tokenizer(a, caseops=True)
+        DocumentEncoder(a, caseops=True)
 
 
 def test_bad_model_and_vocab(tmp_path):
     (tmp_path / "junk.model").write_bytes(b"not a model")
     with pytest.raises(DataError, match="not a SentencePiece model"):
-        Tokenizer(tmp_path / "junk.model", caseops=False)
+        Tokenizer(tmp_path / "junk.model")
     with pytest.raises(DataError, match="vocab_size 100 is out of range"):
         train_sentencepiece(["some text"], 100, tmp_path / "m.model", caseops=True)
