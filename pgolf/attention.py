@@ -36,7 +36,6 @@ import torch.nn.functional as F
 
 from pgolf import device as _device
 
-IMPLS = _device.ATTENTION_IMPLS
 _fa3 = _device.FA3
 
 # The SDPA path materializes a [T_chunk, T_chunk] mask and score matrix per call, so
@@ -55,25 +54,6 @@ _FA3_STANDIN = None
 def register_fa3_standin(op) -> None:
     global _FA3_STANDIN
     _FA3_STANDIN = op
-
-
-def __getattr__(name: str):
-    # `IMPL` reads the active policy, so it always names the implementation `attention` uses.
-    if name == "IMPL":
-        return _device.active().attention
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _override_impl(name: str):
-    """Force `"fa3"` or `"sdpa"` (tests): activates a copy of the active policy with that attention.
-
-    `with _override_impl("sdpa"): ...` restores the previous policy afterwards.
-    """
-    import dataclasses
-
-    if name not in IMPLS:
-        raise ValueError(f"unknown attention impl {name!r}")
-    return dataclasses.replace(_device.active(), attention=name).activate()
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,

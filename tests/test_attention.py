@@ -3,6 +3,7 @@ stand-in custom op, FA3 parity on a GPU."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -10,8 +11,14 @@ import torch
 
 from pgolf import attention as attn_mod
 from pgolf import device, emulation
-from pgolf.attention import FA3ContractError, _override_impl, attention, block_causal_mask
+from pgolf.attention import FA3ContractError, attention, block_causal_mask
 from pgolf.emulation import varlen_attention
+
+
+def _override_impl(name: str):
+    """Force `"fa3"` or `"sdpa"`: activates a copy of the active policy with that attention (ConfigError, a
+    ValueError, for any other name). `with _override_impl("sdpa"): ...` restores the previous policy afterwards."""
+    return dataclasses.replace(device.active(), attention=name).activate()
 
 
 def naive_attention(q, k, v, cu_seqlens=None):
@@ -56,13 +63,16 @@ def test_impl_is_sdpa_on_plain_cpu():
 
 
 def test_override_impl_restores_previous():
-    before = attn_mod.IMPL
+    def impl():
+        return device.active().attention  # what `attention` dispatches on
+
+    before = impl()
     with _override_impl("sdpa"):
-        assert attn_mod.IMPL == "sdpa"
+        assert impl() == "sdpa"
         with _override_impl("fa3"):
-            assert attn_mod.IMPL == "fa3"
-        assert attn_mod.IMPL == "sdpa"
-    assert attn_mod.IMPL == before
+            assert impl() == "fa3"
+        assert impl() == "sdpa"
+    assert impl() == before
     with pytest.raises(ValueError):
         _override_impl("xformers")
 

@@ -97,9 +97,9 @@ def test_activation_nests_and_restores():
     outer = device.active()
     e = emulation.emulated_cuda_policy()
     with e.activate():
-        assert device.active() is e and attn_mod.IMPL == "fa3"
+        assert device.active() is e and device.active().attention == "fa3"
         with device.cpu_policy().activate():
-            assert attn_mod.IMPL == "sdpa"
+            assert device.active().attention == "sdpa"
         assert device.active() is e
     assert device.active() is outer
 
