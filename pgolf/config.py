@@ -262,16 +262,16 @@ class EvalConfig:
         _check(self.ngram_order >= 2, "eval", "ngram_order", "must be >= 2")
         _check(0 < self.ngram_threshold <= 1, "eval", "ngram_threshold", "must be in (0, 1]")
         _check(self.ngram_beta >= 0, "eval", "ngram_beta", "must be >= 0")
-
-    @property
-    def tilted(self) -> bool:
-        """Whether scores get the n-gram tilt (`ngram_tilt` is an order, not "off")."""
-        return self.ngram_tilt != "off"
         _check(self.eval_seq_len > 0, "eval", "eval_seq_len", "must be > 0")
         _check(self.val_batch_tokens > 0, "eval", "val_batch_tokens", "must be > 0")
         _check(0 <= self.sliding_stride <= self.eval_seq_len, "eval", "sliding_stride",
                "must be in [0, eval_seq_len]")
         _check(self.val_docs_limit >= 0, "eval", "val_docs_limit", "must be >= 0")
+
+    @property
+    def tilted(self) -> bool:
+        """Whether scores get the n-gram tilt (`ngram_tilt` is an order, not "off")."""
+        return self.ngram_tilt != "off"
 
 
 # --------------------------------------------------------------------------- ttt

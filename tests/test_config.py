@@ -38,6 +38,8 @@ def test_seed_preset_is_the_logged_configuration():
     ({"ttt.peer_mode": "both"}, "ttt.peer_mode"),
     ({"quant.compressor": "gzip"}, "quant.compressor"),
     ({"train.ema_decay": 1.5}, "train.ema_decay"),
+    ({"eval.sliding_stride": 4096}, "eval.sliding_stride"),
+    ({"eval.val_docs_limit": -1}, "eval.val_docs_limit"),
 ])
 def test_shape_and_value_rules_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
