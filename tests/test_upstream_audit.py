@@ -7,7 +7,6 @@ check, and each test breaks one claim and asserts that exactly the check about i
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
