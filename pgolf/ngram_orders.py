@@ -42,6 +42,9 @@ def hints(tokens, order: str = "stream", *, ngram: int = 16, threshold: float = 
         return _as_hints(n, None, threshold)
     stats = _stream_stats(tok, ctx) if order == "stream" else _causal_stats(tok, ctx, update_order, groups)
     src, pos, ref = stats[:3]
-    if verify and not all(np.array_equal(src[pos - j], src[ref - j]) for j in range(ctx)):
+    same = [np.array_equal(src[pos - j], src[ref - j]) for j in range(ctx)]
+    if groups is not None and order == "causal":
+        same.append(np.array_equal(np.asarray(groups)[pos], np.asarray(groups)[ref]))
+    if verify and not all(same):
         raise RuntimeError("n-gram tilt: two contexts share a 64-bit key")
     return _as_hints(n, stats, threshold)

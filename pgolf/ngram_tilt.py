@@ -178,7 +178,10 @@ def _causal_stats(tok: np.ndarray, ctx: int, update_order=None, groups=None):
     seq = seq[full[seq]]
     keys = _context_keys(src, ctx, _BASE)[seq]
     if groups is not None:  # the rank joins the key, so ranks never share a count
-        keys += np.asarray(groups, np.uint64)[seq] * _MIX
+        # Not `+ g * _MIX`: keys are h * _MIX, so that aliases (h, g + 1) with (h + 1, g), i.e. contexts
+        # whose newest tokens differ by one. An xor then another odd multiply has no such structure.
+        keys ^= np.asarray(groups, np.uint64)[seq] * np.uint64(_BASE)
+        keys *= _MIX
     ti, tt, tc, tot, fi = _query_then_count(keys, tok[seq + 1])
     return src, seq[ti], seq[fi], tt, tc, tot
 

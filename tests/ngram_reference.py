@@ -14,9 +14,10 @@ BOS_ID = 1
 
 
 def reference_hints(tokens, order="stream", ngram=16, threshold=0.8, update_order=None, events=None,
-                    insert_first=False):
+                    insert_first=False, groups=None):
     """(top_tok, top_count, total, gate) per target. `insert_first` counts the target before the query:
-    the illegal variant (the hint then reads the target it scores), kept as a negative control."""
+    the illegal variant (the hint then reads the target it scores), kept as a negative control.
+    `groups` (causal): per target, the rank whose own table counts it."""
     tok = [int(t) for t in tokens]
     n = len(tok) - 1
     ctx = ngram - 1
@@ -38,7 +39,8 @@ def reference_hints(tokens, order="stream", ngram=16, threshold=0.8, update_orde
         start = last_bos[i]
         if start is None or i - start + 1 < ctx:
             return None
-        return tuple(tok[i - ctx + 1:i + 1])
+        window = tuple(tok[i - ctx + 1:i + 1])
+        return window if groups is None else (int(groups[i]), window)
 
     seq = range(n) if update_order is None or order == "stream" else [int(i) for i in update_order]
     for i in seq:

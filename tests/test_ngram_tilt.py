@@ -77,6 +77,27 @@ def test_fast_statistics_equal_the_reference_on_50k_tokens(order):
     assert (fast.total > 0).sum() > fast.gate.sum()  # some seen contexts stay below the threshold
 
 
+def test_causal_tables_per_rank_equal_the_reference():
+    tokens = repetitive_stream(50_000, seed=1)
+    cfg = load_preset("tiny").ttt
+    upd = ttt_order(build_queue(docs_of(tokens), cfg.batch_size), cfg, tokens.size - 1)
+    groups = np.zeros(tokens.size - 1, np.int64)
+    for k, (start, length) in enumerate(docs_of(tokens)):
+        groups[start:start + length - 1] = k % 4  # a document's targets belong to one rank
+    fast = hints(tokens, "causal", update_order=upd, groups=groups, verify=True)
+    assert as_tuple(fast) == tuple(list(x) for x in reference_hints(tokens, "causal", update_order=upd, groups=groups))
+    assert as_tuple(fast) != as_tuple(hints(tokens, "causal", update_order=upd))  # the ranks' tables differ
+
+
+def test_ranks_never_share_a_count_of_contexts_one_token_apart():
+    # Contexts (5, 6) and (5, 7) hash to h and h + 1: the rank must not shift one onto the other.
+    tokens = np.array([1, 5, 6, 9, 1, 5, 7, 9, 1])
+    groups = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    fast = hints(tokens, "causal", ngram=3, groups=groups, verify=True)
+    assert fast.total[6] == 0 and fast.top_tok[6] == -1
+    assert as_tuple(fast) == tuple(list(x) for x in reference_hints(tokens, "causal", ngram=3, groups=groups))
+
+
 def test_stream_ring_is_seeded_with_the_first_target():
     # Target 14's context is [T1, T1, T2 .. T14]; that context recurs later, followed by 99.
     head = list(range(10, 25))                # T1 .. T15
