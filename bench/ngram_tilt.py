@@ -2,8 +2,9 @@
 
 The stream mimics the validation set's repetition: documents of random tokens, one in ten opening
 with a copy of a span of an earlier document, so about 2% of targets pass the gate (#2135's stream:
-1.3%). Prints one JSON line per order:
-tokens, seconds, tokens/s, gated targets.
+1.3%). Prints one JSON line per order (and `causal_ranks`: the causal order with one table per virtual
+rank, as the static TTT schedule keeps them; batches go to 8 ranks in turn): tokens, seconds, tokens/s, gated
+targets.
 
     PYTHONPATH=$PWD .venv/bin/python bench/ngram_tilt.py [--tokens 10000000]
 """
@@ -47,11 +48,16 @@ def main() -> None:
     tokens = synthetic_stream(args.tokens)
     # The causal order is score-first TTT's, as #2135's TTT runs it: batches of 64 documents, chunks of 48.
     ttt = TTTConfig(batch_size=64, chunk_size=48, short_chunk_steps=())
-    scoring = ttt_order(build_queue(find_docs(torch.from_numpy(tokens.astype(np.int64))), 64), ttt, tokens.size - 1)
-    for order in ("stream", "causal"):
+    queue = build_queue(find_docs(torch.from_numpy(tokens.astype(np.int64))), 64)
+    scoring = ttt_order(queue, ttt, tokens.size - 1)
+    groups = np.zeros(tokens.size - 1, np.int64)
+    for qi, batch in enumerate(queue):
+        for d in batch.docs:
+            groups[d.start:d.start + d.pred_len] = qi % 8
+    for order in ("stream", "causal", "causal_ranks"):
         upd = None if order == "stream" else scoring
         t0 = time.perf_counter()
-        h = hints(tokens, order, update_order=upd)
+        h = hints(tokens, order.split("_")[0], update_order=upd, groups=groups if order == "causal_ranks" else None)
         s = time.perf_counter() - t0
         print(json.dumps({"bench": "ngram_tilt_stats", "order": order, "tokens": int(tokens.size - 1),
                           "seconds": round(s, 3), "tokens_per_s": round((tokens.size - 1) / s),
