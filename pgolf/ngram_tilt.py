@@ -59,9 +59,9 @@ _BASE = 0x9E3779B97F4A7C15
 @dataclass
 class Hints:
     """Per target (index i predicts T[i+1]): the table's state at query time."""
-    top_tok: np.ndarray    # int64, -1 where the context was never seen (or is not full)
-    top_count: np.ndarray  # int64
-    total: np.ndarray      # int64
+    top_tok: np.ndarray    # int32, -1 where the context was never seen (or is not full)
+    top_count: np.ndarray  # int32
+    total: np.ndarray      # int32
     gate: np.ndarray       # bool
 
     @property
@@ -209,6 +209,11 @@ def causal_hints(tokens, *, ngram: int = 16, threshold: float = 0.8, update_orde
     return _as_hints(n, _causal_stats(tok, ctx, update_order, groups) if n >= ctx else None, threshold)
 
 
+def _offsets(lens: np.ndarray) -> np.ndarray:
+    """0 .. len-1 for each span in turn: position within its span of every element of the concatenated spans."""
+    return np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+
+
 def ttt_order(queue, ttt_cfg, num_targets: int) -> np.ndarray:
     """Target indices in the order score-first TTT commits them: queue batch, chunk, row, position.
 
@@ -228,7 +233,7 @@ def ttt_order(queue, ttt_cfg, num_targets: int) -> np.ndarray:
         base += -(-(b.max_len - 1) // c) * nb * c
     lens_a = np.asarray(lens, np.int64)
     rep = lambda v: np.repeat(np.asarray(v, np.int64), lens_a)
-    t = np.arange(int(lens_a.sum())) - rep(np.cumsum(lens_a) - lens_a)
+    t = _offsets(lens_a)
     c = rep(chunk)
     slot = rep(slots0) + (t // c) * rep(rowstride) + t % c
     out = np.full(base, -1, np.int64)
@@ -284,8 +289,7 @@ class NgramTilt:
             docs = [(d.start, d.pred_len, r) for b, r in zip(queue, batch_ranks) for d in b.docs]
             groups = np.zeros(n, np.int64)
             starts, lens, ranks = (np.asarray(c, np.int64) for c in zip(*docs))
-            groups[np.repeat(starts, lens) + np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)] = \
-                np.repeat(ranks, lens)
+            groups[np.repeat(starts, lens) + _offsets(lens)] = np.repeat(ranks, lens)
         return cls.build(cfg.eval, tokens, ttt_order(queue, cfg.ttt, n), groups)
 
     def hints_at(self, target_idx: torch.Tensor) -> torch.Tensor:

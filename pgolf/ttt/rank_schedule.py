@@ -60,6 +60,26 @@ def window_tokens(batch: TTTBatch, ttt: TTTConfig) -> int:
     return total
 
 
+def static_plan(queue: Sequence[TTTBatch], ends: Sequence[int], ttt: TTTConfig) -> list[list[list[int]]]:
+    """Per segment (the queue cut before each index in `ends`, the last being len(queue)): the queue indices
+    each virtual rank scores, in queue order."""
+    plans = []
+    for lo, hi in zip([0, *ends[:-1]], ends):
+        costs = [window_tokens(b, ttt) for b in queue[lo:hi]]
+        plans.append([[lo + i for i in mine] for mine in assign_batches(costs, ttt.virtual_ranks)])
+    return plans
+
+
+def batch_ranks(plans: Sequence[Sequence[Sequence[int]]], num_batches: int) -> list[int]:
+    """The virtual rank of each queue batch under `static_plan`'s plans."""
+    out = [0] * num_batches
+    for segment in plans:
+        for v, mine in enumerate(segment):
+            for qi in mine:
+                out[qi] = v
+    return out
+
+
 def assign_batches(costs: Sequence[int], num_virtual: int) -> list[list[int]]:
     """Positions (in `costs`' order) of the batches each of `num_virtual` virtual ranks scores."""
     load = [0] * num_virtual

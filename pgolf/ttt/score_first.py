@@ -27,7 +27,7 @@ an `Ensemble` from `peer_modes.make_ensemble`) changes which probability is
 committed; this loop does not know which mode runs.
 
 Work sharing (`ttt.schedule`):
-- static (default): `rank_schedule.assign_batches` deals each segment's batches
+- static (default): `rank_schedule.static_plan` deals each segment's batches
   (the queue between global-SGD pauses) to `ttt.virtual_ranks` virtual ranks
   before any batch runs; each process runs its block of virtual ranks, each
   with its own `_Run` (LoRA A, generator, peer pool), one after the other. The
@@ -61,7 +61,7 @@ from pgolf.distributed import all_reduce_sum, barrier, gather_ranks, get_dist, o
 from pgolf.ttt.global_sgd import pause_points, phase_boundaries, run_global_sgd, sgd_stream
 from pgolf.ttt.lora import BatchedLoRA, FrozenLoRA
 from pgolf.ttt.peer_modes import make_ensemble
-from pgolf.ttt.rank_schedule import assign_batches, ranks_here, window_tokens
+from pgolf.ttt.rank_schedule import batch_ranks, ranks_here, static_plan
 from pgolf.ttt.windows import (DocSpan, TTTBatch, Windows, build_queue, build_windows, chunk_size_for, chunk_span,
                                num_chunks, score_windows)
 
@@ -163,7 +163,7 @@ class _Claimer:
 class _Run:
     """State of one `run_ttt` call on one rank; the `ScoreSink` its ensemble scores through."""
 
-    def __init__(self, model, val, cfg: RunConfig, trace: list | None, dump: bool, peer: _Run | None = None):
+    def __init__(self, model, val, cfg: RunConfig, trace: list | None, dump: bool, dump_from: _Run | None = None):
         self.model, self.val, self.cfg, self.t = model, val, cfg, cfg.ttt
         self.trace, self.dump = trace, dump
         self.device = next(model.parameters()).device
@@ -183,8 +183,8 @@ class _Run:
         self.ensemble = make_ensemble(self.t, self)
         self.tilt: NgramTilt | None = None
         n = self.tokens.numel()
-        if peer is not None:  # another virtual rank of this process: its targets are disjoint, the dump is shared
-            self.nll_own, self.nll_final, self.counts = peer.nll_own, peer.nll_final, peer.counts
+        if dump_from is not None:  # another virtual rank of this process: its targets are disjoint, the dump is shared
+            self.nll_own, self.nll_final, self.counts = dump_from.nll_own, dump_from.nll_final, dump_from.counts
         else:
             self.nll_own = torch.zeros(n, dtype=torch.float64) if dump else None
             self.nll_final = torch.zeros(n, dtype=torch.float64) if dump else None
@@ -341,18 +341,11 @@ def run_ttt(model, val, cfg: RunConfig, *, trace: list | None = None, dump: bool
         claimer = _Claimer(f"pgolf_ttt/{next(_CALLS)}")
         t_eval = time.perf_counter()
         ends = [nb for nb, _ in pauses] + [len(queue)]
-        plans, batch_ranks = [], None  # static: each segment's batches per virtual rank, fixed before any runs
-        if t.schedule == "static":
-            batch_ranks = [0] * len(queue)
-            for lo, hi in zip([0] + ends[:-1], ends):
-                plans.append([[lo + i for i in b] for b in assign_batches([window_tokens(b, t) for b in queue[lo:hi]],
-                                                                          t.virtual_ranks)])
-                for v, qis in enumerate(plans[-1]):
-                    for qi in qis:
-                        batch_ranks[qi] = v
+        # static: each segment's batches per virtual rank, fixed before any batch runs
+        plans = static_plan(queue, ends, t) if t.schedule == "static" else []
         if cfg.eval.tilted:  # imported by name: only a tilted record packs the module
-            tilt = importlib.import_module("pgolf.ngram_tilt").NgramTilt.for_ttt(cfg, runs[0].tokens, queue,
-                                                                                 batch_ranks)
+            tilt = importlib.import_module("pgolf.ngram_tilt").NgramTilt.for_ttt(
+                cfg, runs[0].tokens, queue, batch_ranks(plans, len(queue)) if plans else None)
             for run in runs:  # built inside the eval timer, as #2135's precompute
                 run.tilt = tilt
         sgd_s = 0.0
